@@ -1,0 +1,1 @@
+"""Task decoders driven by super-link states: detection/segmentation/grounding, keypoints, generation, editing."""

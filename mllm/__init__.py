@@ -1,0 +1,1 @@
+"""The multimodal LLM: vocabulary, location codec, processor, model with super-link queries."""

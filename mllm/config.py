@@ -1,0 +1,133 @@
+"""Typed configuration for the MLLM, and the strict YAML loader every layer uses.
+
+Every config class derives from `StrictModel`: unknown keys and wrong types are
+errors, never silently dropped. `load_yaml` names the file and the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROUTE_NAMES = ("DET", "SEG", "GRD", "POSE", "GEN", "EDIT")
+
+
+class ConfigError(ValueError):
+    """A config file or mapping failed validation; the message names file and key."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def validate_mapping(data: object, cls: type[M], source: str = "<mapping>") -> M:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_yaml(path: str | Path, cls: type[M]) -> M:
+    """Load `path` and validate it as `cls`; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return validate_mapping(data, cls, str(path))
+
+
+class VisionConfig(StrictModel):
+    """CLIP-style vision tower (built from config, or loaded from a LLaVA checkpoint)."""
+
+    image_size: int = Field(32, ge=8)
+    patch_size: int = Field(8, ge=1)
+    hidden_size: int = Field(32, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(64, ge=8)
+
+    @model_validator(mode="after")
+    def _check_patch(self) -> VisionConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        return self
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class TextConfig(StrictModel):
+    """Causal LM (Llama layout) built from config for small presets."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = None
+    intermediate_size: int = Field(128, ge=8)
+    max_position_embeddings: int = Field(1024, ge=64)
+    tokenizer_vocab_size: int = Field(600, ge=260, description="byte-level BPE size before special tokens")
+
+
+class VocabConfig(StrictModel):
+    location_bins: int = Field(1000, ge=2, description="B: <loc_0> ... <loc_{B-1}>")
+    class_slots: int = Field(16, ge=1, description="K: <cls_0> ... <cls_{K-1}>")
+
+
+class LoraConfig(StrictModel):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class RegionConfig(StrictModel):
+    enabled: bool = True
+    max_points: int = Field(256, ge=1, description="points sampled inside a mask for pooling")
+
+
+class MLLMConfig(StrictModel):
+    """The multimodal LLM. `pretrained` points at a local LLaVA-format folder (real scale)."""
+
+    pretrained: str | None = None
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+    vocab: VocabConfig = VocabConfig()
+    # Route token -> number of super-link queries. Declared once; see mllm.vocab.
+    routes: dict[str, int] = {"DET": 4, "SEG": 4, "GRD": 4, "POSE": 4, "GEN": 64, "EDIT": 64}
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+    max_prompt_tokens: int = Field(512, ge=16)
+    region: RegionConfig = RegionConfig()
+    lora: LoraConfig | None = None
+    projector: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> MLLMConfig:
+        for name, q in self.routes.items():
+            if not name.isupper() or not name.isalpha():
+                raise ValueError(f"route name {name!r} must be upper-case letters, e.g. 'DET'")
+            if q < 1:
+                raise ValueError(f"route {name} needs at least one query, got {q}")
+        return self

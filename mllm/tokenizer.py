@@ -1,0 +1,42 @@
+"""A byte-level BPE tokenizer for the small presets, trained on the ShapesWorld instruction corpus.
+
+Byte-level, so any user text round-trips; every SuperLink token (location, class,
+routing, placeholders, <image>, <region>) is one added special token with a fixed id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from mllm.vocab import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, Vocabulary
+
+
+def build_tokenizer(corpus: Iterable[str], vocab: Vocabulary, vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """Train BPE on `corpus`, then add SuperLink's tokens (their ids follow the BPE vocabulary)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    add_superlink_tokens(fast, vocab)
+    return fast
+
+
+def add_superlink_tokens(tokenizer: PreTrainedTokenizerFast, vocab: Vocabulary) -> int:
+    """Add SuperLink's tokens as special tokens; returns how many were new."""
+    n = tokenizer.add_special_tokens(
+        {"pad_token": PAD_TOKEN, "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN}
+    )
+    others = [t for t in vocab.special_tokens if t not in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)]
+    n += tokenizer.add_tokens(others, special_tokens=True)
+    tokenizer.padding_side = "left"  # batched generation pads on the left
+    return n

@@ -1,0 +1,196 @@
+"""Request and response schemas (pydantic v2, JSON-schema exportable).
+
+Images arrive as raw bytes, base64 strings, PIL images, or {"path": ...}; a path is
+accepted only when validation is given a root (`context={"image_root": DIR}`) and
+the path resolves inside it. The HTTP service never passes a root, so clients can't
+make the server read files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from PIL import Image
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+
+class SchemaModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def _image_bytes(value: Any, info: ValidationInfo) -> bytes:
+    if isinstance(value, Image.Image):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, dict) and set(value) == {"path"}:
+        root = (info.context or {}).get("image_root")
+        if root is None:
+            raise ValueError("image paths are not accepted here; send the image as base64 or bytes")
+        path = (Path(root) / value["path"]).resolve()
+        if not path.is_relative_to(Path(root).resolve()):
+            raise ValueError(f"image path {value['path']!r} lies outside the allowed root")
+        if not path.is_file():
+            raise ValueError(f"image path {value['path']!r} does not exist")
+        return path.read_bytes()
+    if isinstance(value, str):
+        data = value.split(",", 1)[1] if value.startswith("data:") else value
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("image string is not valid base64 (a data: URL or plain base64 is accepted)") from None
+    raise ValueError(
+        f"unsupported image value of type {type(value).__name__}; accepted: bytes, base64 string, PIL image, or {{'path': ...}}"
+    )
+
+
+ImageData = Annotated[
+    Any,
+    Field(description="an image: base64 string (or data: URL) in JSON; bytes or PIL image from Python"),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": "encoded image (PNG, JPEG, ...)"}),
+]
+
+
+class RLE(SchemaModel):
+    """COCO run-length encoding (column-major), `counts` as the compressed string."""
+
+    size: tuple[int, int]  # (height, width)
+    counts: str
+
+
+class RegionPrompt(SchemaModel):
+    """A visual prompt: one of mask, box or point on image `image`; fills the n-th <region> in the instruction."""
+
+    image: int = Field(0, ge=0)
+    box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in pixels
+    point: tuple[float, float] | None = None  # x, y in pixels
+    mask: RLE | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RegionPrompt:
+        given = [k for k in ("box", "point", "mask") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a region prompt needs exactly one of box, point or mask; got {given or 'none'}")
+        if self.box is not None and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
+            raise ValueError(f"region box {list(self.box)} must have x2 > x1 and y2 > y1")
+        return self
+
+
+class Options(SchemaModel):
+    max_new_tokens: int = Field(128, ge=1, le=2048)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    steps: int | None = Field(None, ge=1, le=200, description="diffusion steps for [GEN]/[EDIT]")
+    guidance_scale: float | None = Field(None, ge=1.0, le=30.0)
+    image_guidance_scale: float | None = Field(None, ge=1.0, le=30.0)
+    routes: list[str] | None = Field(None, description="routes allowed to fire; None allows every deployed route")
+    timeout_s: float | None = Field(None, gt=0.0, le=600.0)
+
+
+class Request(SchemaModel):
+    images: list[ImageData] = Field(default_factory=list, max_length=8)
+    instruction: str = Field(min_length=1, max_length=4000)
+    regions: list[RegionPrompt] = Field(default_factory=list, max_length=16)
+    options: Options = Field(default_factory=Options)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _images(cls, v: Any, info: ValidationInfo) -> list[bytes]:
+        if not isinstance(v, list | tuple):
+            v = [v]
+        return [_image_bytes(x, info) for x in v]
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("instruction is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _regions(self) -> Request:
+        for k, r in enumerate(self.regions):
+            if r.image >= max(len(self.images), 1) or not self.images:
+                raise ValueError(f"regions[{k}] refers to image {r.image}, but the request has {len(self.images)} image(s)")
+        return self
+
+
+# ---- response -----------------------------------------------------------------------------
+
+Route = str  # "DET", "SEG", ...
+
+
+class Item(SchemaModel):
+    route: Route | None = None  # None for natively localised answers (location tokens)
+    phrase: str = ""  # the phrase in the answer this item belongs to
+    image: int = 0
+
+
+class Detection(Item):
+    label: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the input image
+    score: float
+    mask: RLE | None = None
+
+
+class Polygon(Item):
+    label: str
+    points: list[tuple[float, float]]
+
+
+class Point(Item):
+    label: str
+    point: tuple[float, float]
+
+
+class Keypoints(Item):
+    label: str
+    box: tuple[float, float, float, float]
+    score: float
+    keypoints: list[tuple[float, float, float]]  # (x, y, visibility score)
+
+
+class GeneratedImage(Item):
+    png_base64: str
+    width: int
+    height: int
+    source_image: int | None = None  # for [EDIT]: which input image was edited
+
+
+class PartError(SchemaModel):
+    route: Route | None = None
+    phrase: str = ""
+    kind: Literal["decoder_failed", "timeout", "route_not_allowed", "route_not_deployed", "bad_output"]
+    message: str
+
+
+class Response(SchemaModel):
+    text: str  # routing markers replaced by readable references
+    raw_text: str  # what the model generated, routing tokens kept
+    routes: list[Route] = Field(default_factory=list)  # routes the model emitted, in order
+    detections: list[Detection] = Field(default_factory=list)
+    polygons: list[Polygon] = Field(default_factory=list)
+    points: list[Point] = Field(default_factory=list)
+    keypoints: list[Keypoints] = Field(default_factory=list)
+    images: list[GeneratedImage] = Field(default_factory=list)
+    errors: list[PartError] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)  # per stage: preprocess, generate, DET, ...
