@@ -1,0 +1,1 @@
+"""ShapesWorld: procedural scenes with exact ground truth for every SuperLink task, and an oracle."""
