@@ -16,6 +16,7 @@ from mllm.vocab import cls_token, loc_token
 
 _LOC_RE = re.compile(r"<loc_(-?\d+)>")
 _CLS_RE = re.compile(r"<cls_(-?\d+)>")
+_CLASS_HEAD_RE = re.compile(r"\s*<cls_(-?\d+)>")
 # One class slot followed by a run of location tokens, or a bare run of location tokens.
 _GROUP_RE = re.compile(r"(?:<cls_(-?\d+)>\s*)?((?:<loc_-?\d+>\s*)+)")
 
@@ -27,6 +28,10 @@ class CodecError(ValueError):
 @dataclass(frozen=True)
 class LocationCodec:
     bins: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bins, int) or self.bins < 2:
+            raise CodecError(f"a location codec needs an integer number of bins >= 2, got {self.bins!r}")
 
     # ---- scalars -------------------------------------------------------------------------
     def to_bin(self, v: float) -> int:
@@ -43,12 +48,16 @@ class LocationCodec:
     def encode_points(self, xy: Sequence[float], size: tuple[int, int]) -> str:
         """Pixel coordinates [x1, y1, x2, y2, ...] on an image of (width, height) -> tokens."""
         if len(xy) % 2:
-            raise CodecError(f"expected an even number of coordinates, got {len(xy)}")
-        w, h = size
+            raise CodecError(f"expected an even number of coordinates (x, y pairs), got {len(xy)}")
+        w, h = check_size(size)
         out = []
         for k, v in enumerate(xy):
-            side = w if k % 2 == 0 else h
-            out.append(loc_token(self.to_bin(v / side)))
+            side, axis = (w, "x") if k % 2 == 0 else (h, "y")
+            if not (v == v) or v < -1e-6 * side or v > side * (1 + 1e-6):  # NaN or off the image
+                raise CodecError(
+                    f"{axis} coordinate {v} lies outside the image; accepted 0..{side} for size {size}"
+                )
+            out.append(loc_token(self.to_bin(min(max(v / side, 0.0), 1.0))))
         return "".join(out)
 
     def encode_box(self, box: Sequence[float], size: tuple[int, int], cls: int | None = None) -> str:
@@ -57,12 +66,21 @@ class LocationCodec:
             raise CodecError(f"a box has 4 coordinates (x1, y1, x2, y2), got {len(box)}")
         if box[2] < box[0] or box[3] < box[1]:
             raise CodecError(f"box {list(box)} has x2 < x1 or y2 < y1")
-        prefix = cls_token(cls) if cls is not None else ""
-        return prefix + self.encode_points(box, size)
+        return _class_prefix(cls) + self.encode_points(box, size)
 
     def encode_polygon(self, xy: Sequence[float], size: tuple[int, int], cls: int | None = None) -> str:
-        prefix = cls_token(cls) if cls is not None else ""
-        return prefix + self.encode_points(xy, size)
+        """Flat pixel polygon [x1, y1, ..., xN, yN] (N >= 3) -> "<cls_k>" + 2N location tokens."""
+        if len(xy) % 2 or len(xy) < 6:
+            raise CodecError(
+                f"a polygon needs N >= 3 (x, y) points, i.e. an even count >= 6, got {len(xy)} coordinates"
+            )
+        return _class_prefix(cls) + self.encode_points(xy, size)
+
+    def encode_point(self, xy: Sequence[float], size: tuple[int, int]) -> str:
+        """(x, y) pixel point -> two location tokens."""
+        if len(xy) != 2:
+            raise CodecError(f"a point has 2 coordinates (x, y), got {len(xy)}")
+        return self.encode_points(xy, size)
 
     # ---- decode --------------------------------------------------------------------------
     def decode_points(self, tokens: str, size: tuple[int, int]) -> list[float]:
@@ -73,7 +91,7 @@ class LocationCodec:
         bins = [int(m) for m in _LOC_RE.findall(tokens)]
         if len(bins) % 2:
             raise CodecError(f"expected pairs of location tokens, found {len(bins)} tokens in {tokens!r}")
-        w, h = size
+        w, h = check_size(size)
         return [self.from_bin(b) * (w if k % 2 == 0 else h) for k, b in enumerate(bins)]
 
     def decode_box(self, tokens: str, size: tuple[int, int]) -> list[float]:
@@ -84,12 +102,50 @@ class LocationCodec:
             raise CodecError(f"decoded box {xy} has x2 < x1 or y2 < y1 (tokens {tokens!r})")
         return xy
 
+    def decode_polygon(self, tokens: str, size: tuple[int, int]) -> list[tuple[float, float]]:
+        """2N location tokens (N >= 3) -> [(x, y), ...] in pixels."""
+        xy = self.decode_points(tokens, size)
+        if len(xy) < 6:
+            raise CodecError(
+                f"a polygon needs at least 3 points (6 location tokens), found {len(xy)} in {tokens!r}"
+            )
+        return list(zip(xy[0::2], xy[1::2], strict=True))
+
+    def decode_point(self, tokens: str, size: tuple[int, int]) -> tuple[float, float]:
+        xy = self.decode_points(tokens, size)
+        if len(xy) != 2:
+            raise CodecError(f"a point needs exactly 2 location tokens, found {len(xy)} in {tokens!r}")
+        return xy[0], xy[1]
+
+    def decode_class_box(
+        self, tokens: str, size: tuple[int, int], binding: dict[int, str]
+    ) -> tuple[str, list[float]]:
+        """ "<cls_k>" + 4 location tokens -> (bound category name, xyxy pixel box)."""
+        m = _CLASS_HEAD_RE.match(tokens)
+        if m is None:
+            raise CodecError(f"expected a class slot <cls_k> followed by 4 location tokens, found {tokens!r}")
+        label = lookup_class(binding, int(m.group(1)))
+        return label, self.decode_box(tokens[m.end() :], size)
+
     def find_groups(self, text: str) -> list[tuple[int | None, str, tuple[int, int]]]:
         """Every (class slot or None, run of location tokens, (start, end) span) in `text`."""
         return [
             (int(m.group(1)) if m.group(1) is not None else None, m.group(2), m.span())
             for m in _GROUP_RE.finditer(text)
         ]
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """An image size (width, height) with both sides positive."""
+    if len(size) != 2 or not all(s > 0 for s in size):
+        raise CodecError(f"image size must be (width, height) with both sides > 0, got {tuple(size)}")
+    return size[0], size[1]
+
+
+def _class_prefix(cls: int | None) -> str:
+    if cls is not None and cls < 0:
+        raise CodecError(f"class slot must be >= 0, got {cls}")
+    return cls_token(cls) if cls is not None else ""
 
 
 def bind_classes(categories: Sequence[str], slots: int) -> dict[int, str]:

@@ -49,6 +49,76 @@ def world_check(
     _print_json_last(check_agreement(n=n, seed=seed, image_size=image_size), as_json)
 
 
+ModelOpt = Annotated[str, typer.Option("--model", help="preset name (tiny, shapes) or a saved SuperLink folder")]
+
+
+@app.command()
+def run(
+    instruction: Annotated[str, typer.Argument(help="what to do, e.g. 'detect the red circles'")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="input image (repeatable)")] = None,
+    model: ModelOpt = "tiny",
+    out: Annotated[Path | None, typer.Option(help="folder for annotated PNGs and the JSON response")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run one instruction on images; answers, or refuses with a clear message."""
+    from services.runner import run_once
+
+    code = run_once(instruction, images=list(image or []), model=model, out=out, as_json=as_json,
+                    max_new_tokens=max_new_tokens, seed=seed)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for annotated PNGs and JSON responses")] = Path("out/demo"),
+    model: ModelOpt = "tiny",
+) -> None:
+    """Run the model on a handful of ShapesWorld scenes and instructions; write pictures and JSON."""
+    from services.demo import run_demo
+
+    run_demo(out=out, model=model)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="training preset YAML, e.g. configs/tiny.yaml")],
+    out: Annotated[Path, typer.Option(help="output folder for checkpoints and logs")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in --out")] = False,
+) -> None:
+    """Joint end-to-end training: LM loss + weighted decoder losses through the super links."""
+    from training.train import train as train_fn
+
+    _print_json_last(train_fn(config, out, resume=resume), as_json=True)
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelOpt = "tiny",
+    split: Annotated[str, typer.Option(help="ShapesWorld split")] = "val",
+    n: Annotated[int, typer.Option(help="number of scenes")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="last line is one JSON object")] = False,
+) -> None:
+    """Score a model on ShapesWorld with every task metric."""
+    try:
+        from evaluation.suite import evaluate_model
+    except ImportError:
+        typer.echo("superlink eval: the ShapesWorld evaluation suite is not built yet (needs the embedded model, issue 7).", err=True)
+        raise typer.Exit(2) from None
+    _print_json_last(evaluate_model(model=model, split=split, n=n), as_json)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="serving config (defaults to configs/serve.yaml)")] = None,
+) -> None:
+    """Start the Ray Serve application (ingress + MLLM + one deployment per decoder)."""
+    from services.app import serve as serve_fn
+
+    serve_fn(config)
+
+
 def main() -> None:
     app()
 

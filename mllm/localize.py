@@ -1,0 +1,158 @@
+"""Native localisation: generated text with class/location tokens -> results in image pixel coordinates.
+
+Rules (answer conventions in mllm.vocab):
+  <cls_k> + 4 location tokens          detection (label bound to slot k), unless mode="polygon"
+  <cls_k> + 2N location tokens, N >= 3 polygon
+  4 bare location tokens               grounding box for the phrase before it (4k tokens: k boxes)
+  2 bare location tokens               point for the phrase before it
+Malformed groups never crash a response: they are collected in `errors` (or raise with strict=True).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mllm.codec import CodecError, LocationCodec, check_size, lookup_class
+from mllm.vocab import phrase_before
+
+Box = list[float]  # x1, y1, x2, y2 in pixels
+Point = tuple[float, float]
+
+# A class slot with whatever location tokens follow it (possibly none), or a bare run of location tokens.
+_UNIT_RE = re.compile(r"<cls_(-?\d+)>\s*((?:<loc_-?\d+>\s*)*)|((?:<loc_-?\d+>\s*)+)")
+_LOC_COUNT_RE = re.compile(r"<loc_-?\d+>")
+
+
+@dataclass
+class NativeResults:
+    detections: list[tuple[str, Box]] = field(default_factory=list)  # (category, box)
+    boxes: list[tuple[str, Box]] = field(default_factory=list)  # grounding: (phrase, box)
+    polygons: list[tuple[str, list[Point]]] = field(default_factory=list)  # (category, [(x, y), ...])
+    points: list[tuple[str, Point]] = field(default_factory=list)  # (phrase, (x, y))
+    errors: list[str] = field(default_factory=list)  # one line per malformed group
+
+    @property
+    def empty(self) -> bool:
+        return not (self.detections or self.boxes or self.polygons or self.points)
+
+
+def parse_native(
+    text: str,
+    image_size: tuple[int, int],
+    binding: dict[int, str] | None,
+    bins: int,
+    *,
+    mode: Literal["auto", "polygon"] = "auto",
+    strict: bool = False,
+) -> NativeResults:
+    """Every class/location group in `text` -> NativeResults on an image of (width, height) pixels."""
+    if mode not in ("auto", "polygon"):
+        raise ValueError(f"mode must be 'auto' or 'polygon', got {mode!r}")
+    check_size(image_size)
+    codec, out = LocationCodec(bins), NativeResults()
+    for m in _UNIT_RE.finditer(text):
+        try:
+            if m.group(1) is not None:
+                _add_classed(out, codec, int(m.group(1)), m.group(2), image_size, binding, mode)
+            else:
+                _add_bare(out, codec, m.group(3), phrase_before(text[: m.start()]), image_size)
+        except CodecError as err:
+            if strict:
+                raise
+            out.errors.append(f"{m.group(0).strip()!r}: {err}")
+    return out
+
+
+def _add_classed(
+    out: NativeResults,
+    codec: LocationCodec,
+    slot: int,
+    locs: str,
+    size: tuple[int, int],
+    binding: dict[int, str] | None,
+    mode: str,
+) -> None:
+    if binding is None:
+        raise CodecError(
+            f"class slot <cls_{slot}> found but no class binding was given (the request listed no categories)"
+        )
+    label = lookup_class(binding, slot)
+    n = len(_LOC_COUNT_RE.findall(locs))
+    if n == 4 and mode == "auto":
+        out.detections.append((label, codec.decode_box(locs, size)))
+    elif n >= 6 and n % 2 == 0:
+        out.polygons.append((label, codec.decode_polygon(locs, size)))
+    else:
+        accepted = (
+            "2N with N >= 3 (a polygon)" if mode == "polygon" else "4 (a box) or 2N with N >= 3 (a polygon)"
+        )
+        raise CodecError(f"<cls_{slot}> is followed by {n} location tokens; accepted {accepted}")
+
+
+def _add_bare(
+    out: NativeResults, codec: LocationCodec, locs: str, phrase: str, size: tuple[int, int]
+) -> None:
+    tokens = _LOC_COUNT_RE.findall(locs)
+    if len(tokens) == 2:
+        out.points.append((phrase, codec.decode_point(locs, size)))
+    elif len(tokens) % 4 == 0:
+        boxes = [codec.decode_box("".join(tokens[i : i + 4]), size) for i in range(0, len(tokens), 4)]
+        out.boxes += [(phrase, box) for box in boxes]
+    else:
+        raise CodecError(
+            f"{len(tokens)} bare location tokens; accepted 2 (a point) or 4 per box (grounding), "
+            "or a class slot <cls_k> first (detection, polygon)"
+        )
+
+
+def strip_location_tokens(text: str) -> str:
+    """The answer without class/location tokens, for display ("a cat<loc_1>...<loc_4>." -> "a cat.")."""
+    return re.sub(r"[ \t]{2,}", " ", re.sub(r"<(?:cls|loc)_-?\d+>", "", text)).strip()
+
+
+# ---- class lists in instructions ------------------------------------------------------------
+_SPECIAL_RE = re.compile(r"<[a-z]+(?:_-?\d+)?>|\[[A-Z]+(?:_Q)?\]")
+_TRIGGER_RE = re.compile(
+    r"\b(?:detect|find|locate|segment|identify|mark|outline|show(?:\s+me)?|box|label|categories|classes)\b\s*",
+    re.I,
+)
+_FILLER_RE = re.compile(
+    r"^(?:(?:the|a|an|all|any|every|each|following|instances|objects|occurrences|categories|classes|of)\b\s*)+",
+    re.I,
+)
+_TAIL_RE = re.compile(
+    r"\s+(?:in|on|within|from)\s+(?:the|this|that|these|each|my)\s+(?:image|picture|photo|scene|frame)s?\b.*"
+    r"|\s+(?:as|with|using)\s+(?:polygons?|boxes|bounding\s+boxes|masks?|points?)\b.*",
+    re.I | re.S,
+)
+_LIST_SPLIT_RE = re.compile(r"\s*(?:,|;|&|\band\b|\bor\b)\s*", re.I)
+
+
+def parse_class_list(instruction: str) -> list[str]:
+    """Categories an instruction lists, in order: "detect cat, dog and bird" -> ["cat", "dog", "bird"].
+
+    Also "Find: red circle, blue star." and "Please detect the following objects: cat, dog in the image."
+    Returns [] when the instruction holds no list (then no class slots are bound).
+    """
+    text = _SPECIAL_RE.sub(" ", instruction)
+    m = _TRIGGER_RE.search(text)
+    if m is None:
+        return []
+    rest = text[m.end() :]
+    if ":" in rest:  # "detect the following: a, b" / "Find: a, b"
+        rest = rest.split(":", 1)[1]
+    rest = re.split(r"[.?!\n]", rest.strip(" :"), maxsplit=1)[0]
+    rest = _TAIL_RE.sub("", rest)
+    names: list[str] = []
+    for item in _LIST_SPLIT_RE.split(rest):
+        name = _FILLER_RE.sub("", item.strip()).strip() or item.strip()  # "a" alone is a name, not an article
+        if name and name.lower() not in (n.lower() for n in names):
+            names.append(name)
+    return names
+
+
+def localize_mode(instruction: str) -> Literal["auto", "polygon"]:
+    """ "polygon" when the instruction asks for polygons/outlines, so <cls_k> + 4 tokens is not read as a box."""
+    return "polygon" if re.search(r"\bpolygons?\b|\boutlines?\b", instruction, re.I) else "auto"
