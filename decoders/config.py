@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from mllm.config import StrictModel
 
@@ -19,6 +21,26 @@ class DetectorConfig(StrictModel):
     decoder_layers: int = Field(2, ge=2)
     max_phrases: int = Field(16, ge=1)
     mask_size: int = Field(32, ge=8, description="side of predicted mask logits before upsampling")
+    # Built-from-config sizes (ignored when `pretrained` is set: the folder's config.json wins).
+    backbone_embed_dim: int = Field(16, ge=8, description="Swin embed_dim; channels double per stage")
+    backbone_depths: list[int] = [1, 1, 1, 1]
+    num_heads: int = Field(2, ge=1, description="attention heads in the encoder and decoder")
+    ffn_dim: int = Field(64, ge=8)
+    num_points: int = Field(2, ge=1, description="deformable-attention sampling points per head and level")
+    # Prediction defaults; a batch may override them.
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    top_k: int = Field(100, ge=1, description="most detections kept per image before thresholding")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> DetectorConfig:
+        # Grounding DINO's input projections use GroupNorm(32, d_model).
+        if self.d_model % 32:
+            raise ValueError(f"d_model must be a multiple of 32 (GroupNorm groups), got {self.d_model}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        if len(self.backbone_depths) != 4:
+            raise ValueError(f"backbone_depths needs 4 Swin stages, got {self.backbone_depths}")
+        return self
 
 
 class KeypointConfig(StrictModel):
@@ -26,6 +48,14 @@ class KeypointConfig(StrictModel):
 
     num_keypoints: int = Field(6, ge=1, description="keypoint slots per instance")
     hidden_size: int = Field(64, ge=8)
+    num_heads: int = Field(2, ge=1, description="heads of the slot -> link-query cross-attention")
+    sigmas: list[float] | None = Field(None, description="OKS sigma per slot; None -> 0.05 for every slot")
+
+    @model_validator(mode="after")
+    def _check_sigmas(self) -> KeypointConfig:
+        if self.sigmas is not None and (len(self.sigmas) != self.num_keypoints or min(self.sigmas) <= 0):
+            raise ValueError(f"sigmas needs {self.num_keypoints} positive values, got {self.sigmas}")
+        return self
 
 
 class DiffusionConfig(StrictModel):
@@ -40,12 +70,37 @@ class DiffusionConfig(StrictModel):
     num_train_timesteps: int = Field(1000, ge=10)
     default_steps: int = Field(20, ge=1)
     default_guidance: float = Field(5.0, ge=1.0)
+    link_dim: int | None = Field(None, ge=1, description="width of projected link states; None = cross_attention_dim")
+    mapper_heads: int = Field(4, ge=1, description="attention heads of the mapper transformer")
+    layers_per_block: int = Field(1, ge=1)
+    latent_channels: int = Field(4, ge=1)
+    vae_block_out_channels: list[int] = [32, 64]
+    scheduler: Literal["ddim", "ddpm", "euler", "dpm"] = Field("ddim", description="inference scheduler")
+    cond_drop: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance drop rate in training")
+    train_unet: bool = Field(True, description="VisionLLM v2 freezes the SD UNet; tiny presets must train it")
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> DiffusionConfig:
+        if self.cross_attention_dim % self.mapper_heads:
+            raise ValueError(
+                f"cross_attention_dim {self.cross_attention_dim} is not divisible by mapper_heads {self.mapper_heads}"
+            )
+        down = 2 ** (len(self.block_out_channels) - 1) * (2 ** (len(self.vae_block_out_channels) - 1) if self.latent else 1)
+        if self.image_size % down:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of {down} (VAE and UNet downsampling)")
+        return self
+
+    @property
+    def resolved_link_dim(self) -> int:
+        return self.link_dim if self.link_dim is not None else self.cross_attention_dim
 
 
 class EditorConfig(DiffusionConfig):
     """InstructPix2Pix-style editing ([EDIT]); `pretrained` is a diffusers IP2P folder."""
 
     default_image_guidance: float = Field(1.5, ge=1.0)
+    cond_drop: float = Field(0.05, ge=0.0, lt=1.0 / 3.0, description="IP2P joint drop: text, both, image each at this rate")
 
 
 class DecodersConfig(StrictModel):
