@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from decoders.config import DecodersConfig
 from mllm.config import MLLMConfig, StrictModel, load_yaml
 
+PARAM_GROUPS = ("queries", "projectors", "decoders", "llm", "region")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -19,7 +20,17 @@ class StageConfig(StrictModel):
     name: str
     steps: int = Field(ge=1)
     train_llm: Literal["frozen", "lora", "full"] = "frozen"
-    lr: dict[str, float] = {"queries": 1e-3, "projectors": 1e-3, "decoders": 1e-3, "llm": 1e-4}
+    # Learning rate per parameter group (PARAM_GROUPS); a group left out, or at 0, does not train.
+    lr: dict[str, float] = {"queries": 1e-3, "projectors": 1e-3, "decoders": 1e-3, "llm": 1e-4, "region": 1e-3}
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up at the start of the stage")
+
+    @field_validator("lr")
+    @classmethod
+    def _known_groups(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(PARAM_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown parameter groups {sorted(unknown)}; accepted: {list(PARAM_GROUPS)}")
+        return v
 
 
 class TrainingConfig(StrictModel):
@@ -33,6 +44,25 @@ class TrainingConfig(StrictModel):
     eval_every: int = Field(0, ge=0)
     save_every: int = Field(0, ge=0)
     image_size: int = Field(128, ge=16, description="ShapesWorld scene size used for training")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    eval_samples: int = Field(4, ge=1, description="val samples per task scored at each evaluation")
+    log_every: int = Field(1, ge=1)
+
+
+class RuntimeConfig(StrictModel):
+    """In-process pipeline: how independent decoder calls run side by side.
+
+    "thread": a thread pool (cheap; parallel only where torch ops dominate, since Python holds the GIL).
+    "process": forked worker processes holding the decoders (truly parallel on CPU for small, Python-bound
+    decoders; the workers keep the weights as they were when first used, so use it for serving, not training).
+    """
+
+    decoder_concurrency: Literal["thread", "process"] = "thread"
+    decoder_workers: int = Field(4, ge=1, description="threads or processes running independent decoder calls")
+    torch_threads_per_decoder: int | None = Field(
+        None, ge=1, description="torch intra-op threads per decoder worker; None: cpu_count // decoders in flight"
+    )
 
 
 class SuperLinkConfig(StrictModel):
@@ -40,6 +70,7 @@ class SuperLinkConfig(StrictModel):
     model: MLLMConfig = MLLMConfig()
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
 
 def load_config(preset_or_path: str | Path) -> SuperLinkConfig:

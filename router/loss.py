@@ -1,0 +1,119 @@
+"""The joint training loss: LM loss + sum over routes of weight x decoder loss.
+
+    batch = collate(processor, samples)            # ShapesWorld TaskSamples (answers hold [ROUTE] tokens)
+    out = joint_loss(system, batch, {"GEN": 0.5})  # out.total, out.parts["lm"], out.parts["DET"], ...
+
+model.forward gathers each route's link states by mask (N groups, row-major, in answer
+order), so the k-th group of a route in row r answers the k-th RouteTarget of that route
+in sample r. Each route's states are projected and fed to its decoder with those targets;
+the decoder loss flows back through the projector and the LLM into the query tables
+(and LoRA / the LLM when they train).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from router.bindings import SuperLinkSystem
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainBatch:
+    inputs: dict[str, Any]  # processor output with labels: input_ids, attention_mask, labels, pixel_values, ...
+    samples: list[Any]  # shapesworld.tasks.TaskSample, one per row
+
+    @property
+    def images(self) -> list[np.ndarray | None]:
+        """The image each row's decoders see (the sample's input image)."""
+        return [s.image for s in self.samples]
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor  # scalar, what backward() runs on
+    parts: dict[str, torch.Tensor]  # "lm" and one entry per route present; weighted parts sum to total
+    lm_per_task: dict[str, float]  # mean LM loss of each task's rows (detached, for logging)
+
+
+def collate(processor: Any, samples: Sequence[Any]) -> TrainBatch:
+    """TaskSamples -> processor batch with answers (labels) and region prompts."""
+    inputs = processor(
+        [s.instruction for s in samples],
+        images=[[s.image] if s.image is not None else [] for s in samples],
+        answers=[s.answer for s in samples],
+        regions=[list(s.regions) for s in samples],
+    )
+    return TrainBatch(inputs=dict(inputs), samples=list(samples))
+
+
+def model_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("input_ids", "attention_mask", "pixel_values", "region_masks", "region_image_index", "labels")
+    return {k: inputs.get(k) for k in keys}
+
+
+def route_targets(samples: Sequence[Any], route: str, index: torch.Tensor) -> tuple[list[int], list[Any]]:
+    """Rows and RouteTargets aligned with a route's link-state groups (index (N, 2): row, position)."""
+    rows = [int(r) for r in index[:, 0].tolist()]
+    per_row = {r: [t for t in samples[r].targets if t.route == route] for r in set(rows)}
+    targets = []
+    for r in sorted(per_row):
+        n_groups = rows.count(r)
+        if n_groups != len(per_row[r]):
+            raise ValueError(
+                f"row {r}: the answer holds {n_groups} [{route}] groups but the sample has {len(per_row[r])} "
+                f"{route} targets; each routing token needs exactly one RouteTarget"
+            )
+        targets += per_row[r]
+    return rows, targets
+
+
+def lm_loss_per_task(logits: torch.Tensor, labels: torch.Tensor, tasks: Sequence[str]) -> dict[str, float]:
+    """Mean next-token CE of each task's rows (for logging)."""
+    with torch.no_grad():
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE_INDEX,
+                             reduction="none")  # (B, T - 1)
+        counts = (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
+        per_row = (ce.sum(1) / counts).tolist()
+    out: dict[str, list[float]] = {}
+    for task, v in zip(tasks, per_row, strict=True):
+        out.setdefault(task, []).append(v)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def decoder_loss(system: SuperLinkSystem, route: str, states: torch.Tensor, rows: list[int], targets: list[Any],
+                 images: Sequence[np.ndarray | None]) -> torch.Tensor:
+    """Project one route's link states (N, Q, D) and run its decoder against the targets."""
+    binding = system.binding(route)
+    if binding.train_batch is None:
+        raise ValueError(f"route {route!r} has no training path (its binding's train_batch is None)")
+    decoder = system.decoder_for(route)
+    batch, dec_targets = binding.train_batch(system.project(route, states), rows, targets, images, decoder)
+    out = decoder(batch, dec_targets)
+    if out.loss is None:
+        raise RuntimeError(f"decoder {binding.decoder!r} returned no loss for route {route} although targets were given")
+    return out.loss
+
+
+def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping[str, float] | None = None) -> LossOutput:
+    """LM loss + sum over the routes present of weight x decoder loss (weights default to 1.0)."""
+    weights = dict(loss_weights or {})
+    unknown = set(weights) - set(system.table)
+    if unknown:
+        raise ValueError(f"loss weights for unknown routes {sorted(unknown)}; bound routes: {sorted(system.table)}")
+    out = system.model(**model_inputs(batch.inputs))
+    parts = {"lm": out.loss}
+    total = out.loss
+    for route, links in out.link_states.items():
+        rows, targets = route_targets(batch.samples, route, links.index)
+        parts[route] = decoder_loss(system, route, links.states, rows, targets, batch.images)
+        total = total + weights.get(route, 1.0) * parts[route]
+    tasks = [s.task for s in batch.samples]
+    return LossOutput(total=total, parts=parts, lm_per_task=lm_loss_per_task(out.logits, batch.inputs["labels"], tasks))

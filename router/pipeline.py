@@ -1,0 +1,582 @@
+"""The in-process SuperLink pipeline: request -> MLLM -> decoders -> response, without Ray.
+
+    pipe = Pipeline.from_pretrained("tiny")          # or a folder written by save_pretrained
+    response = pipe(Request(images=[png], instruction="detect the stars [DET] ..."))
+
+A call runs five stages, each taking and returning plain picklable data so that the
+Ray Serve deployments can run them in separate processes (see router/stages.py):
+prepare -> generate -> plan -> run_decoder (one per decoder, concurrently) -> assemble.
+
+Routes: `Options.routes` restricts which routing tokens may fire. Naming a route the
+model does not declare, or one whose decoder is not deployed, is a `RequestError`
+(the HTTP layer answers 4xx). A route the model emits whose decoder is missing
+becomes a `PartError(kind="route_not_deployed")` for that part only.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import ValidationError
+from safetensors.torch import load_model, save_model
+
+from router.bindings import (
+    BindingTable,
+    DecoderBuilder,
+    SuperLinkSystem,
+    check_table,
+    default_bindings,
+    default_decoder_builders,
+    run_route,
+)
+from router.config import SuperLinkConfig, load_config
+from router.response import assemble_response
+from router.schemas import Options, Request, Response
+from router.stages import (
+    DecoderCall,
+    DecoderResult,
+    GenerationResult,
+    LinkRecord,
+    Prepared,
+    RequestError,
+    failed,
+)
+
+RequestLike = Request | Mapping[str, Any]
+LogitsHook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: SuperLinkConfig,
+        system: SuperLinkSystem,
+        processor: Any | None,
+        deployed_routes: Sequence[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.system = system.eval()
+        self.processor = processor
+        # Routes a request may name; an ingress without decoders sets this from the serving config.
+        self.deployed_routes = list(deployed_routes if deployed_routes is not None else system.deployed_routes)
+        # Optional (step, logits (B, V)) -> logits edit applied during generation (tests and benchmarks force routes).
+        self.logits_hook: LogitsHook | None = None
+        self._executors: dict[str, Any] = {}  # decoder workers, created on first concurrent call
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls,
+        config: SuperLinkConfig,
+        bindings: BindingTable | None = None,
+        decoder_builders: Mapping[str, DecoderBuilder] | None = None,
+        decoders: Sequence[str] | None = None,
+        with_model: bool = True,
+    ) -> Pipeline:
+        """Random weights from `config`; `decoders` picks which decoders to build (default: all bound)."""
+        system, processor = build_system(config, bindings, decoder_builders, decoders, with_model)
+        return cls(config, system, processor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        preset_or_dir: str | Path,
+        bindings: BindingTable | None = None,
+        decoder_builders: Mapping[str, DecoderBuilder] | None = None,
+        decoders: Sequence[str] | None = None,
+        with_model: bool = True,
+    ) -> Pipeline:
+        """A folder written by `save_pretrained`, a preset name with a shipped checkpoint
+        (checkpoints/<name>/, e.g. "shapes"), or any other preset name (random weights, e.g. "tiny")."""
+        path = Path(preset_or_dir)
+        if not path.is_dir():
+            path = shipped_checkpoint(str(preset_or_dir)) or path
+        if path.is_dir():
+            config, system, processor = load_system(path, bindings, decoder_builders, decoders, with_model)
+            return cls(config, system, processor)
+        return cls.from_config(load_config(preset_or_dir), bindings, decoder_builders, decoders, with_model)
+
+    def to(self, device: str | torch.device) -> Pipeline:
+        """Move the model, projectors and decoders (e.g. to "cuda"); inputs follow them."""
+        self.system.to(device)
+        return self
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        return save_system(self.config, self.system, self.processor, Path(out_dir))
+
+    # ---- the whole call ---------------------------------------------------------------------
+    def __call__(self, requests: RequestLike | Sequence[RequestLike]) -> Response | list[Response]:
+        single = not isinstance(requests, list | tuple)
+        batch = [requests] if single else list(requests)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        prepared = self.prepare(batch)
+        timings["preprocess"] = _ms(t0)
+        t1 = time.perf_counter()
+        generations = self.generate(prepared)
+        timings["generate"] = _ms(t1)
+        calls = self.plan(prepared, generations)
+        results = self.run_decoders(calls, timeout_s=_timeout(prepared), timings=timings)
+        timings["total"] = _ms(t0)
+        responses = self.assemble(prepared, generations, results, timings)
+        return responses[0] if single else responses
+
+    # ---- stage 1: prepare -------------------------------------------------------------------
+    def prepare(self, requests: Sequence[RequestLike]) -> list[Prepared]:
+        """Validate requests and decode their images; a bad request raises RequestError."""
+        if not requests:
+            raise RequestError("empty batch: pass at least one request")
+        out = []
+        for i, raw in enumerate(requests):
+            try:
+                req = raw if isinstance(raw, Request) else Request.model_validate(raw)
+            except ValidationError as err:
+                raise RequestError(f"request {i}: {err}") from None
+            self._check_routes(req.options, i)
+            out.append(prepare_request(req, i, self.config))
+        return out
+
+    def _check_routes(self, options: Options, i: int) -> None:
+        if options.routes is None:
+            return
+        declared = list(self.config.model.routes)
+        for r in options.routes:
+            name = r.strip("[]")
+            if name not in declared:
+                raise RequestError(f"request {i}: options.routes names unknown route {r!r}; declared: {declared}")
+            if name not in self.deployed_routes:
+                raise RequestError(
+                    f"request {i}: route {name!r} is not deployed (route_not_deployed); deployed: {self.deployed_routes}"
+                )
+
+    # ---- stage 2: generate ------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prepared: Sequence[Prepared]) -> list[GenerationResult]:
+        """One batched routed generation across all requests; link states leave as numpy."""
+        if self.system.model is None:
+            raise RuntimeError("this pipeline was built without the MLLM (with_model=False); it cannot generate")
+        t0 = time.perf_counter()
+        gens = run_generation(self.system.model, self.processor, prepared, self.deployed_routes, self.logits_hook)
+        elapsed = _ms(t0)
+        return [
+            GenerationResult(
+                index=p.index,
+                text=g.text,
+                links=[
+                    LinkRecord(e.route, int(e.position), e.phrase, e.states.detach().float().cpu().numpy())
+                    for e in g.links
+                ],
+                finished=g.finished,
+                elapsed_ms=elapsed,
+            )
+            for p, g in zip(prepared, gens, strict=True)
+        ]
+
+    # ---- stage 3: plan ----------------------------------------------------------------------
+    def plan(
+        self, prepared: Sequence[Prepared], generations: Sequence[GenerationResult]
+    ) -> dict[str, list[DecoderCall]]:
+        """Group link events by decoder across the whole batch (each decoder then runs once per route)."""
+        by_index = {p.index: p for p in prepared}
+        calls: dict[str, list[DecoderCall]] = defaultdict(list)
+        for g in generations:
+            p = by_index[g.index]
+            for k, link in enumerate(g.links):
+                name = self.system.table[link.route].decoder if link.route in self.system.table else "<unbound>"
+                calls[name].append(
+                    DecoderCall(
+                        request=p.index,
+                        event=k,
+                        route=link.route,
+                        phrase=link.phrase,
+                        states=link.states,
+                        image=p.images[0] if p.images else None,
+                        image_index=0 if p.images else None,
+                        options=p.options,
+                    )
+                )
+        return dict(calls)
+
+    # ---- stage 4: decoders ------------------------------------------------------------------
+    @torch.no_grad()
+    def run_decoder(self, decoder_name: str, calls: Sequence[DecoderCall]) -> list[DecoderResult]:
+        """Project + decode every call for one decoder, one forward per route; aligned with `calls`.
+
+        A route whose decoder fails or is not deployed yields results carrying a PartError.
+        """
+        out: list[DecoderResult | None] = [None] * len(calls)
+        by_route: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(calls):
+            by_route[c.route].append(i)
+        for route, idx in by_route.items():
+            for i, res in zip(idx, run_route(self.system, route, [calls[i] for i in idx]), strict=True):
+                out[i] = res
+        return [r for r in out if r is not None]
+
+    def run_decoders(
+        self,
+        calls: Mapping[str, Sequence[DecoderCall]],
+        timeout_s: float | None = None,
+        timings: dict[str, float] | None = None,
+        concurrent: bool = True,
+    ) -> dict[str, list[DecoderResult]]:
+        """Run every decoder's calls, concurrently by default; a decoder past the timeout gives PartErrors.
+
+        `timings` receives each decoder's wall time in ms under its name.
+        """
+        timings = {} if timings is None else timings
+        if not calls:
+            return {}
+        if not concurrent or len(calls) == 1:
+            out = {name: self._timed(name, c, 0) for name, c in calls.items()}
+        else:
+            futures = {name: self._submit(name, c, len(calls)) for name, c in calls.items()}
+            done, _ = wait(futures.values(), timeout=timeout_s)
+            out = {}
+            for name, fut in futures.items():
+                if fut in done:
+                    out[name] = fut.result()
+                else:
+                    fut.cancel()
+                    msg = f"decoder {name!r} did not finish within {timeout_s} s"
+                    out[name] = ([failed(c, "timeout", msg) for c in calls[name]], (timeout_s or 0) * 1000.0)
+        for name, (_, elapsed) in out.items():
+            timings[name] = elapsed
+        return {name: res for name, (res, _) in out.items()}
+
+    def _timed(self, name: str, calls: Sequence[DecoderCall], threads: int) -> tuple[list[DecoderResult], float]:
+        t0 = time.perf_counter()
+        with _torch_threads(threads):
+            res = self.run_decoder(name, calls)
+        return res, _ms(t0)
+
+    def _threads(self, in_flight: int) -> int:
+        return _threads_per_worker(self.config.runtime.torch_threads_per_decoder, in_flight)
+
+    def _submit(self, name: str, calls: Sequence[DecoderCall], in_flight: int) -> Any:
+        """Queue one decoder's calls on its worker: a shared thread pool, or that decoder's own process."""
+        runtime = self.config.runtime
+        if runtime.decoder_concurrency == "thread":
+            if "*" not in self._executors:
+                workers = max(1, min(runtime.decoder_workers, len(self.system.decoders)))
+                self._executors["*"] = ThreadPoolExecutor(workers, thread_name_prefix="decoder")
+            return self._executors["*"].submit(self._timed, name, calls, self._threads(in_flight))
+        if name not in self._executors:  # one long-lived process per decoder stays warm, like a Ray replica
+            global _WORKER_PIPELINE
+            _WORKER_PIPELINE = self  # inherited by the forked worker
+            threads = self._threads(len(self.system.decoders))
+            self._executors[name] = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("fork"), initializer=torch.set_num_threads, initargs=(threads,)
+            )
+        return self._executors[name].submit(_run_timed, name, calls)
+
+    def close(self) -> None:
+        """Stop the decoder workers (threads or processes)."""
+        executors, self._executors = self._executors, {}
+        for executor in executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- stage 5: assemble ------------------------------------------------------------------
+    def assemble(
+        self,
+        prepared: Sequence[Prepared],
+        generations: Sequence[GenerationResult],
+        results: Mapping[str, Sequence[DecoderResult]],
+        timings: Mapping[str, float],
+    ) -> list[Response]:
+        flat = [r for rs in results.values() for r in rs]
+        by_gen = {g.index: g for g in generations}
+        return [
+            assemble_response(p, by_gen[p.index], [r for r in flat if r.request == p.index], timings, self.config)
+            for p in prepared
+        ]
+
+
+_WORKER_PIPELINE: Pipeline | None = None  # the pipeline a forked decoder worker serves
+
+
+def _run_timed(name: str, calls: Sequence[DecoderCall]) -> tuple[list[DecoderResult], float]:
+    """Runs in a forked worker process: the calls and results cross the process boundary as plain data."""
+    if _WORKER_PIPELINE is None:
+        raise RuntimeError("decoder worker started without a pipeline")
+    return _WORKER_PIPELINE._timed(name, calls, 0)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _timeout(prepared: Sequence[Prepared]) -> float | None:
+    limits = [p.options.timeout_s for p in prepared if p.options.timeout_s is not None]
+    return min(limits) if limits else None
+
+
+def _threads_per_worker(configured: int | None, workers: int) -> int:
+    """Split the cores between concurrent decoders so their torch thread pools don't fight."""
+    if configured is not None:
+        return configured
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Set this thread's torch intra-op threads for the block (0: leave as is)."""
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["Pipeline", "RequestError", "np"]
+
+
+# ---- prepare helpers ------------------------------------------------------------------------
+def prepare_request(req: Request, index: int, config: SuperLinkConfig) -> Prepared:
+    """Decode images (mllm.images.load_image), turn region prompts into masks, bind class slots."""
+    from mllm.images import ImageError, load_image
+    from mllm.localize import parse_class_list
+
+    images = []
+    for k, data in enumerate(req.images):
+        try:
+            images.append(np.array(load_image(data, config.model.max_image_pixels)))  # (H, W, 3) uint8
+        except ImageError as err:
+            raise RequestError(f"request {index}: images[{k}]: {err}") from None
+    regions = [region_dict(r, images[r.image], index, k) for k, r in enumerate(req.regions)]
+    return Prepared(
+        index=index,
+        instruction=req.instruction,
+        images=images,
+        regions=regions,
+        options=req.options,
+        classes=list(parse_class_list(req.instruction)),
+    )
+
+
+def region_dict(region: Any, image: np.ndarray, index: int, k: int) -> dict[str, Any]:
+    """A RegionPrompt -> the processor's region dict, after checking it lies on its image."""
+    h, w = image.shape[:2]
+    out: dict[str, Any] = {"image": region.image}
+    if region.mask is not None:
+        if tuple(region.mask.size) != (h, w):
+            raise RequestError(f"request {index}: regions[{k}].mask has size (h, w) {region.mask.size}, image is {(h, w)}")
+        out["mask"] = {"size": list(region.mask.size), "counts": region.mask.counts}
+        return out
+    xy = region.box if region.box is not None else region.point
+    for j, v in enumerate(xy):
+        side = w if j % 2 == 0 else h
+        if not 0.0 <= v <= side:
+            raise RequestError(f"request {index}: regions[{k}] {list(xy)} lies outside its {w}x{h} image (pixels)")
+    out["box" if region.box is not None else "point"] = tuple(float(v) for v in xy)
+    return out
+
+
+# ---- generation helpers -----------------------------------------------------------------------
+def generation_groups(prepared: Sequence[Prepared]) -> list[list[int]]:
+    """Positions of requests that can share one generate call (same decoding options)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(prepared):
+        o = p.options
+        groups[(o.max_new_tokens, o.do_sample, o.temperature, o.top_p)].append(i)
+    return list(groups.values())
+
+
+def route_ban_hook(model: Any, allowed: Sequence[Sequence[str]], extra: LogitsHook | None) -> LogitsHook:
+    """A logits hook banning, per row, the routing tokens that row may not emit."""
+    ids = model.token_ids.route  # route name -> token id
+    banned = [[tid for name, tid in ids.items() if name not in set(a)] for a in allowed]
+
+    def hook(step: int, logits: torch.Tensor) -> torch.Tensor:  # (B, V)
+        if extra is not None:
+            logits = extra(step, logits)
+        for r, tids in enumerate(banned):
+            if tids:
+                logits[r, tids] = float("-inf")
+        return logits
+
+    return hook
+
+
+def run_generation(
+    model: Any,
+    processor: Any,
+    prepared: Sequence[Prepared],
+    deployed_routes: Sequence[str],
+    logits_hook: LogitsHook | None = None,
+) -> list[Any]:
+    """mllm.generation.generate over the batch, one call per group of requests with equal decoding options."""
+    from mllm.generation import generate
+
+    out: list[Any] = [None] * len(prepared)
+    for group in generation_groups(prepared):
+        rows = [prepared[i] for i in group]
+        try:
+            batch = processor(
+                [p.instruction for p in rows], images=[p.images for p in rows], regions=[p.regions for p in rows]
+            )
+        except ValueError as err:  # the processor's own validation (prompt too long, region counts, ...)
+            raise RequestError(str(err)) from None
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        allowed = [[r.strip("[]") for r in p.options.routes] if p.options.routes is not None else deployed_routes for p in rows]
+        o = rows[0].options
+        gens = generate(
+            model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
+            top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
+        )  # fmt: skip
+        for i, g in zip(group, gens, strict=True):
+            out[i] = g
+    return out
+
+
+# ---- building, saving, loading -----------------------------------------------------------------
+SYSTEM_CONFIG = "superlink.yaml"
+MLLM_DIR = "mllm"
+HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.*
+CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"  # trained presets shipped with the repo
+
+
+def shipped_checkpoint(name: str) -> Path | None:
+    """checkpoints/<name>/ when a trained model of that preset name is shipped there, else None."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    path = CHECKPOINT_ROOT / name
+    return path if (path / SYSTEM_CONFIG).is_file() else None
+
+
+TOKENIZER_CORPUS = 64  # ShapesWorld samples the small presets' BPE is trained on (deterministic)
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_tokenizer(config_json: str) -> Any:
+    """A BPE tokenizer trained on the ShapesWorld instruction corpus (cached: training takes a moment)."""
+    from mllm.config import MLLMConfig
+    from mllm.tokenizer import build_tokenizer
+    from mllm.vocab import Vocabulary
+    from shapesworld.tasks import corpus
+
+    cfg = MLLMConfig.model_validate_json(config_json)
+    texts = corpus(TOKENIZER_CORPUS, image_size=64, location_bins=cfg.vocab.location_bins)
+    return build_tokenizer(texts, Vocabulary.from_config(cfg), vocab_size=cfg.text.tokenizer_vocab_size)
+
+
+def build_model(config: SuperLinkConfig) -> Any:
+    """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set)."""
+    import copy
+
+    from mllm.modeling import build_model as build_mllm
+
+    tokenizer = None if config.model.pretrained else copy.deepcopy(_corpus_tokenizer(config.model.model_dump_json()))
+    return build_mllm(config.model, tokenizer)
+
+
+def _pick_decoders(
+    config: SuperLinkConfig, table: BindingTable, builders: Mapping[str, DecoderBuilder], decoders: Sequence[str] | None
+) -> dict[str, Any]:
+    wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
+    unknown = [d for d in wanted if d not in builders]
+    if unknown:
+        raise ValueError(f"unknown decoders {unknown}; known: {sorted(builders)}")
+    return {name: builders[name](config) for name in wanted}
+
+
+def route_table(
+    config: SuperLinkConfig, bindings: BindingTable | None, decoder_builders: Mapping[str, DecoderBuilder] | None
+) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
+    """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
+    if bindings is None:
+        table = {r: b for r, b in default_bindings().items() if r in config.model.routes}
+    else:
+        table = dict(bindings)
+    builders = dict(default_decoder_builders() if decoder_builders is None else decoder_builders)
+    check_table(table, list(config.model.routes), builders)
+    return table, builders
+
+
+def build_system(
+    config: SuperLinkConfig,
+    bindings: BindingTable | None = None,
+    decoder_builders: Mapping[str, DecoderBuilder] | None = None,
+    decoders: Sequence[str] | None = None,
+    with_model: bool = True,
+) -> tuple[SuperLinkSystem, Any]:
+    """Model + projectors + decoders from `config` (random weights), and the processor."""
+    from mllm.processor import SuperLinkProcessor
+
+    table, builders = route_table(config, bindings, decoder_builders)
+    model = build_model(config) if with_model else None
+    hidden = config.model.text.hidden_size if model is None else model.llava.config.text_config.hidden_size
+    system = SuperLinkSystem(model, _pick_decoders(config, table, builders, decoders), table, hidden)
+    processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None
+    return system, processor
+
+
+def save_system(config: SuperLinkConfig, system: SuperLinkSystem, processor: Any, out_dir: Path) -> Path:
+    """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if system.model is not None:
+        system.model.save_pretrained(out_dir / MLLM_DIR)
+        config = config.model_copy(update={"model": system.model.config})  # records LoRA if applied
+    heads = torch.nn.ModuleDict({"projectors": system.projectors, "decoders": system.decoders})
+    save_model(heads, str(out_dir / HEADS_FILE))
+    (out_dir / SYSTEM_CONFIG).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return out_dir
+
+
+def load_system(
+    path: Path,
+    bindings: BindingTable | None = None,
+    decoder_builders: Mapping[str, DecoderBuilder] | None = None,
+    decoders: Sequence[str] | None = None,
+    with_model: bool = True,
+) -> tuple[SuperLinkConfig, SuperLinkSystem, Any]:
+    """Load what save_system wrote; nothing is unpickled."""
+    from mllm.modeling import SuperLinkModel
+    from mllm.processor import SuperLinkProcessor
+
+    if not (path / SYSTEM_CONFIG).is_file():
+        raise FileNotFoundError(f"{path}: {SYSTEM_CONFIG} missing; expected a folder written by Pipeline.save_pretrained")
+    config = load_config(path / SYSTEM_CONFIG)
+    table, builders = route_table(config, bindings, decoder_builders)
+    model = SuperLinkModel.from_pretrained(path / MLLM_DIR) if with_model else None
+    system = SuperLinkSystem(model, _pick_decoders(config, table, builders, decoders), table, config.model.text.hidden_size)
+    heads = torch.nn.ModuleDict({"projectors": system.projectors, "decoders": system.decoders})
+    load_model(heads, str(path / HEADS_FILE), strict=decoders is None)
+    processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None
+    return config, system, processor
+
+
+def forced_answer_hook(tokenizer: Any, answers: Sequence[str]) -> LogitsHook:
+    """A logits hook that makes row r generate `answers[r]` then eos (teacher forcing through generate).
+
+    Routing tokens in the answers fire as usual, so their queries are fed and link events recorded:
+    this is how tests and benchmarks drive a random-weight model through every route.
+    """
+    rows = [tokenizer(" " + a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
+
+    def hook(step: int, logits: torch.Tensor) -> torch.Tensor:  # (B, V)
+        if logits.shape[0] != len(rows):
+            raise ValueError(f"forced answers for {len(rows)} rows, but the batch has {logits.shape[0]}")
+        forced = torch.full_like(logits, float("-inf"))
+        for r, ids in enumerate(rows):
+            forced[r, ids[min(step, len(ids) - 1)]] = 0.0
+        return forced
+
+    return hook

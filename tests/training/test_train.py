@@ -1,0 +1,125 @@
+"""Training on the tiny preset: stages, parameter groups, deterministic data, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from router.config import CONFIG_DIR
+from training.train import (
+    CHECKPOINTS,
+    batch_samples,
+    build_optimizer,
+    group_of,
+    set_trainable,
+    stage_at,
+    train,
+)
+
+
+def _tiny_run_config(tmp_path: Path, **training) -> Path:
+    """configs/tiny.yaml with a short two-stage schedule (frozen LLM, then LoRA) on cheap tasks."""
+    data = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    data["training"] = {
+        "batch_size": 1,
+        "seed": 7,
+        "task_weights": {"vqa": 1.0, "generation": 1.0, "grounding": 1.0},
+        "stages": [
+            {"name": "heads", "steps": 1, "train_llm": "frozen"},
+            {"name": "lora", "steps": 2, "train_llm": "lora"},
+        ],
+        **training,
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    latest = (out / CHECKPOINTS / "latest").read_text().strip()
+    return load_file(str(out / CHECKPOINTS / latest / "weights.safetensors"))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path):
+    cfg = _tiny_run_config(tmp_path)
+    full = train(cfg, tmp_path / "full")
+    assert full["steps"] == 3 and full["model"] is not None
+    part = train(cfg, tmp_path / "part", max_steps=2)  # interrupted inside the LoRA stage
+    assert part["steps"] == 2 and part["model"] is None
+    resumed = train(cfg, tmp_path / "part", resume=True)
+    assert resumed["steps"] == 3
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "part")
+    assert a.keys() == b.keys() and any("lora_" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    logs = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in logs] == ["heads", "lora", "lora"]
+    assert all("lm" in r and "total" in r for r in logs)
+    init = load_file(str(tmp_path / "full" / CHECKPOINTS / "step-00000003" / "weights.safetensors"))
+    assert init.keys() == a.keys()
+
+
+def test_batches_are_a_function_of_seed_and_step(tmp_path, tiny_config):
+    cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(
+        update={"batch_size": 2, "task_weights": {"vqa": 1.0, "caption": 1.0}})})
+    a, b, c = batch_samples(cfg, 5, 0, 0), batch_samples(cfg, 5, 0, 0), batch_samples(cfg, 6, 0, 0)
+    assert [s.instruction for s in a] == [s.instruction for s in b]
+    assert [s.instruction + s.answer for s in a] != [s.instruction + s.answer for s in c]
+    assert {s.task for s in a} <= {"vqa", "caption"}
+    assert stage_at(tiny_config.training.stages, 0) == 0 and stage_at(tiny_config.training.stages, 4) == 1
+
+
+def test_stages_choose_what_trains(tiny_config):
+    from router.pipeline import build_system
+
+    torch.manual_seed(0)
+    system, _ = build_system(tiny_config, decoders=["generator"])
+    flags = {n: p.requires_grad for n, p in system.named_parameters() if group_of(n) == "decoders"}
+    frozen, lora = tiny_config.training.stages
+    set_trainable(system, frozen, flags)
+    named = dict(system.named_parameters())
+    assert not named["model.llava.lm_head.weight"].requires_grad
+    assert named["model.queries.GEN.weight"].requires_grad and named["projectors.GEN.0.weight"].requires_grad
+    assert not any(p.requires_grad for n, p in named.items() if ".vae." in n)  # the decoder's own freeze holds
+    groups = {g["name"] for g in build_optimizer(system, frozen, 0.0).param_groups}
+    assert groups == {"queries", "projectors", "decoders", "region"}
+    set_trainable(system, lora, flags)
+    named = dict(system.named_parameters())
+    trainable_llm = [n for n, p in named.items() if p.requires_grad and group_of(n) == "llm"]
+    assert trainable_llm and all("lora_" in n or "trainable_tokens" in n for n in trainable_llm)
+    assert "llm" in {g["name"] for g in build_optimizer(system, lora, 0.0).param_groups}
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training(tmp_path):
+    cfg = _tiny_run_config(tmp_path, batch_size=1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "training.train", str(cfg), str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 3 and (tmp_path / "ddp" / "model" / "superlink.yaml").is_file()
+    assert result["ranks_in_sync"] is True
+
+
+def test_periodic_evaluation_scores_with_evaluation_metrics(tiny_config):
+    from router.pipeline import build_system
+    from training.evaluate import evaluate
+
+    cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(update={"eval_samples": 1})})
+    torch.manual_seed(0)
+    system, processor = build_system(cfg)
+    system.train()
+    scores = evaluate(system, processor, cfg, torch.device("cpu"))
+    assert set(scores) == {"grd_acc50", "vqa_acc", "routing_acc"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert system.training  # restored after evaluation

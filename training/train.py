@@ -1,0 +1,366 @@
+"""Joint end-to-end training: `superlink train CONFIG [--out DIR] [--resume]` calls `train`.
+
+    train("configs/tiny.yaml", "runs/tiny")                 # fresh run
+    train("configs/tiny.yaml", "runs/tiny", resume=True)    # continue from runs/tiny/checkpoints/latest
+
+Stages (TrainingConfig.stages) run one after another over one global step counter:
+  train_llm "frozen"  queries, projectors, decoders and the region encoder train; the LLM is frozen
+  train_llm "lora"    plus LoRA adapters and SuperLink's token rows (peft, mllm.lora.apply_lora)
+  train_llm "full"    plus the whole LLM (the vision tower stays frozen, as in VisionLLM v2)
+Each stage has its own AdamW with one parameter group per `PARAM_GROUPS` name and a
+linear warm-up. The batch of step s is a pure function of (seed, s, micro-step, rank),
+and torch is reseeded from (seed, s) before each step, so a resumed run replays the
+same data and noise and ends with the same parameters as an uninterrupted one.
+
+Multi-GPU: launch with `torchrun --nproc_per_node N -m training.train CONFIG --out DIR`;
+when WORLD_SIZE > 1 the process group is initialised (nccl on CUDA, gloo on CPU), the
+system is wrapped in DistributedDataParallel and each rank draws its own samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from router.bindings import SuperLinkSystem
+from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
+from router.loss import TrainBatch, collate, joint_loss
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.evaluate import evaluate
+
+CHECKPOINTS = "checkpoints"
+FINAL = "model"
+LOG = "train_log.jsonl"
+
+
+# ---- parameter groups and stages ----------------------------------------------------------------
+def group_of(name: str) -> str:
+    """Which learning-rate group a parameter of SuperLinkSystem belongs to (by its checkpoint key)."""
+    if name.startswith("projectors.") or ".multi_modal_projector." in name:
+        return "projectors"
+    if name.startswith("decoders."):
+        return "decoders"
+    if name.startswith("model.queries."):
+        return "queries"
+    if name.startswith("model.region_encoder."):
+        return "region"
+    return "llm"
+
+
+def set_trainable(system: SuperLinkSystem, stage: StageConfig, decoder_flags: dict[str, bool]) -> None:
+    """requires_grad per the stage; decoders keep the flags they were built with (e.g. a frozen VAE)."""
+    from mllm.lora import apply_lora, is_lora_applied
+
+    model = system.model
+    if stage.train_llm == "lora" and not is_lora_applied(model):
+        apply_lora(model, model.config.lora)  # freezes all but adapters, new token rows, queries, region, projector
+    lora = is_lora_applied(model)
+    for name, p in system.named_parameters():
+        group = group_of(name)
+        if group == "decoders":
+            p.requires_grad_(decoder_flags.get(name, True))
+        elif group != "llm":
+            p.requires_grad_(True)
+        elif ".vision_tower." in name or stage.train_llm == "frozen":
+            p.requires_grad_(False)
+        elif stage.train_llm == "full":
+            p.requires_grad_(True)
+        else:  # lora: only what peft marked trainable (adapters and SuperLink's token rows)
+            p.requires_grad_(lora and _is_adapter(name))
+
+
+def _is_adapter(name: str) -> bool:
+    return "lora_" in name or "trainable_tokens" in name
+
+
+def build_optimizer(system: nn.Module, stage: StageConfig, weight_decay: float) -> torch.optim.AdamW:
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in PARAM_GROUPS}
+    for name, p in system.named_parameters():
+        if p.requires_grad:
+            groups[group_of(name)].append(p)
+    param_groups = [
+        {"params": ps, "lr": stage.lr.get(g, 0.0), "name": g}
+        for g, ps in groups.items()
+        if ps and stage.lr.get(g, 0.0) > 0
+    ]
+    if not param_groups:
+        raise ValueError(f"stage {stage.name!r}: nothing to train (no trainable parameters with lr > 0)")
+    return torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, stage: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = stage.warmup_steps
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
+
+
+def stage_at(stages: list[StageConfig], step: int) -> int:
+    """Index of the stage that global step `step` (0-based) belongs to."""
+    end = 0
+    for i, s in enumerate(stages):
+        end += s.steps
+        if step < end:
+            return i
+    return len(stages) - 1
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def task_mix(cfg: SuperLinkConfig) -> tuple[list[str], np.ndarray]:
+    from shapesworld.tasks import TASKS
+
+    weights = cfg.training.task_weights or {t: 1.0 for t in TASKS}
+    unknown = set(weights) - set(TASKS)
+    if unknown:
+        raise ValueError(f"training.task_weights names unknown tasks {sorted(unknown)}; accepted: {list(TASKS)}")
+    tasks = [t for t, w in weights.items() if w > 0]
+    p = np.array([weights[t] for t in tasks], float)
+    return tasks, p / p.sum()
+
+
+def batch_samples(cfg: SuperLinkConfig, step: int, micro: int, rank: int) -> list[Any]:
+    """The samples of (step, micro-step, rank): a pure function of the seed and these numbers."""
+    from shapesworld.tasks import make_sample
+
+    tasks, p = task_mix(cfg)
+    rng = np.random.default_rng([cfg.training.seed, step, micro, rank])
+    picks = rng.choice(len(tasks), size=cfg.training.batch_size, p=p)
+    bins = cfg.model.vocab.location_bins
+    return [make_sample(tasks[int(k)], rng, cfg.training.image_size, bins) for k in picks]
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Reseed torch so a step's randomness (diffusion noise, dropout) depends only on (seed, step, rank)."""
+    torch.manual_seed((seed * 1_000_003 + step) * 64 + rank)
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+@dataclass
+class Run:
+    cfg: SuperLinkConfig
+    out: Path
+    system: SuperLinkSystem
+    processor: Any
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    stage: int = -1
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    engine: nn.Module | None = None  # the loss module, or its DDP wrapper
+    decoder_flags: dict[str, bool] = field(default_factory=dict)
+
+    def enter_stage(self, index: int) -> None:
+        stage = self.cfg.training.stages[index]
+        set_trainable(self.system, stage, self.decoder_flags)
+        self.optimizer = build_optimizer(self.system, stage, self.cfg.training.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, stage)
+        engine = _LossModule(self.system, self.cfg.training.loss_weights)
+        self.engine = _wrap_ddp(engine, self.device) if self.world > 1 else engine
+        self.stage = index
+
+
+class _LossModule(nn.Module):
+    """DDP needs one module whose forward runs the whole loss."""
+
+    def __init__(self, system: SuperLinkSystem, weights: dict[str, float]) -> None:
+        super().__init__()
+        self.system = system
+        self.weights = weights
+
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        out = joint_loss(self.system, batch, self.weights)
+        return out.total, out.parts, out.lm_per_task
+
+
+def _wrap_ddp(engine: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # Routes absent from a rank's batch leave their projector and decoder unused on that step.
+    return DistributedDataParallel(engine, device_ids=ids, find_unused_parameters=True)
+
+
+def _autocast(cfg: SuperLinkConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    mp = cfg.training.mixed_precision
+    if mp == "no":
+        return contextlib.nullcontext()
+    if mp == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision 'fp16' needs a CUDA device; use 'bf16' or 'no' on CPU")
+    if mp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bfloat16 support; set training.mixed_precision to 'fp16' or 'no'")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+
+
+def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
+    """Forward + backward of one micro-batch; returns its losses for logging."""
+    batch = collate(run.processor, batch_samples(run.cfg, step, micro, run.rank))
+    batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
+    last = micro == run.cfg.training.grad_accum - 1
+    sync = contextlib.nullcontext() if last or run.world == 1 else run.engine.no_sync()
+    with sync, _autocast(run.cfg, run.device):
+        total, parts, per_task = run.engine(batch)
+        (total / run.cfg.training.grad_accum).backward()
+    logged = {k: float(v.detach()) for k, v in parts.items()}
+    logged.update({f"lm/{k}": v for k, v in per_task.items()})
+    logged["total"] = float(total.detach())
+    return logged
+
+
+def optimizer_step(run: Run) -> None:
+    if run.cfg.training.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in run.system.parameters() if p.grad is not None], run.cfg.training.max_grad_norm
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for d in logs for k in d}
+    return {k: float(np.mean([d[k] for d in logs if k in d])) for k in sorted(keys)}
+
+
+# ---- setup --------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def build_run(cfg: SuperLinkConfig, out: Path) -> Run:
+    from router.pipeline import build_system
+
+    rank, world, device = init_distributed()
+    torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every (re)start
+    system, processor = build_system(cfg)
+    system.to(device).train()
+    flags = {n: p.requires_grad for n, p in system.named_parameters() if group_of(n) == "decoders"}
+    return Run(cfg, out, system, processor, device, rank, world, decoder_flags=flags)
+
+
+def restore(run: Run) -> int:
+    """Load the latest checkpoint under OUT/checkpoints; returns the step to continue from."""
+    path = latest_checkpoint(run.out / CHECKPOINTS)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run.out / CHECKPOINTS}")
+    meta = json.loads((path / "trainer.json").read_text())
+    for k in range(meta["stage"] + 1):  # replay stage entries so LoRA is applied if it was
+        run.enter_stage(k)
+    load_checkpoint(path, run.system, run.optimizer, run.scheduler)
+    return int(meta["step"])
+
+
+def save(run: Run, step: int) -> Path | None:
+    if run.rank != 0:
+        return None
+    extra = {"stage": run.stage, "config": run.cfg.model_dump(mode="json")}
+    return save_checkpoint(run.out / CHECKPOINTS, step, run.system, run.optimizer, run.scheduler, extra)
+
+
+# ---- entry point --------------------------------------------------------------------------------
+def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, max_steps: int | None = None) -> dict:
+    """Train per the config; `max_steps` stops early (after a checkpoint), as an interrupted run would."""
+    cfg = load_config(config_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = build_run(cfg, out)
+    total_steps = sum(s.steps for s in cfg.training.stages)
+    start = restore(run) if resume else 0
+    if not resume and run.rank == 0:
+        (out / LOG).write_text("")  # a fresh run starts a fresh log
+    stop = total_steps if max_steps is None else min(total_steps, max_steps)
+    history, evals, t0 = [], {}, time.perf_counter()
+    bar = tqdm(range(start, stop), initial=start, total=total_steps, disable=run.rank != 0, desc="train", file=sys.stderr)
+    for step in bar:
+        if stage_at(cfg.training.stages, step) != run.stage:
+            run.enter_stage(stage_at(cfg.training.stages, step))
+        seed_step(cfg.training.seed, step, run.rank)
+        logs = mean_logs([micro_step(run, step, m) for m in range(cfg.training.grad_accum)])
+        optimizer_step(run)
+        history.append({"step": step + 1, "stage": cfg.training.stages[run.stage].name, **logs})
+        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if "/" not in k})
+        done = step + 1
+        if done % cfg.training.log_every == 0 or done == stop:
+            _log(run, history[-1])
+        if cfg.training.eval_every and done % cfg.training.eval_every == 0 and run.rank == 0:
+            evals = evaluate(run.system, run.processor, cfg, run.device)
+            _log(run, {"step": done, "eval": evals})
+        if cfg.training.save_every and done % cfg.training.save_every == 0:
+            save(run, done)
+    final_step = max(start, stop)
+    checkpoint = save(run, final_step) if history or not resume else latest_checkpoint(out / CHECKPOINTS)
+    if final_step == total_steps and run.rank == 0:
+        from router.pipeline import save_system
+
+        save_system(cfg, run.system, run.processor, out / FINAL)
+    return {
+        "ranks_in_sync": ranks_in_sync(run) if run.world > 1 else None,
+        "steps": final_step,
+        "total_steps": total_steps,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "last": history[-1] if history else {},
+        "eval": evals,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "model": str(out / FINAL) if final_step == total_steps else None,
+    }
+
+
+def ranks_in_sync(run: Run) -> bool:
+    """Whether every rank ends with the same parameters (DDP averaged the gradients)."""
+    with torch.no_grad():
+        digest = torch.stack([p.double().sum() for p in run.system.parameters()]).sum().reshape(1).to(run.device)
+    gathered = [torch.zeros_like(digest) for _ in range(run.world)]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _log(run: Run, record: dict) -> None:
+    if run.rank == 0:
+        with (run.out / LOG).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def iter_log(out_dir: str | Path) -> Iterator[dict]:
+    with (Path(out_dir) / LOG).open() as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def main() -> None:
+    """torchrun --nproc_per_node N -m training.train CONFIG [OUT | --out OUT] [--resume]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="SuperLink joint training (one process per GPU under torchrun)")
+    ap.add_argument("config")
+    ap.add_argument("out_pos", nargs="?", default=None, metavar="OUT")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    result = train(args.config, args.out or args.out_pos or "runs/train", resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
