@@ -1,0 +1,143 @@
+"""Python clients for the SuperLink HTTP API (httpx), sync and async; both return the pydantic Response.
+
+    with SuperLinkClient("http://127.0.0.1:8000") as sl:
+        resp = sl.tasks("detect the red circles", images=[Path("scene.png")])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from router.schemas import Options, RegionPrompt, Request, Response
+
+ImageInput = bytes | Image.Image | Path
+
+
+class SuperLinkHTTPError(RuntimeError):
+    """The server answered with an error status; `message` is the server's explanation."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _image_bytes(image: ImageInput) -> bytes | Image.Image:
+    """Local files are read here, on the client; the server never reads paths."""
+    return image.read_bytes() if isinstance(image, Path) else image
+
+
+def build_request(
+    request_or_instruction: Request | str,
+    images: Sequence[ImageInput] = (),
+    regions: Sequence[RegionPrompt | dict] = (),
+    options: Options | dict | None = None,
+) -> Request:
+    """A Request from an instruction and parts, or the given Request unchanged (then no other parts)."""
+    if isinstance(request_or_instruction, Request):
+        if images or regions or options is not None:
+            raise ValueError("pass either a Request or an instruction with images/regions/options, not both")
+        return request_or_instruction
+    return Request(
+        instruction=request_or_instruction,
+        images=[_image_bytes(i) for i in images],
+        regions=list(regions),
+        options=options if options is not None else Options(),
+    )
+
+
+def _request_kwargs(request: Request, multipart: bool) -> dict[str, Any]:
+    """httpx keyword arguments: a JSON body, or multipart with one `file` part per image."""
+    if not multipart:
+        return {"json": request.model_dump(mode="json")}
+    files = [("file", (f"image{k}.png", data, "application/octet-stream")) for k, data in enumerate(request.images)]
+    body = request.model_dump(mode="json", exclude={"images"})
+    return {"files": files, "data": {"request": json.dumps(body)}}
+
+
+def _check(resp: httpx.Response) -> httpx.Response:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("detail", resp.text)
+        except ValueError:
+            message = resp.text
+        raise SuperLinkHTTPError(resp.status_code, message if isinstance(message, str) else json.dumps(message))
+    return resp
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class SuperLinkClient:
+    """Blocking client."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0, **httpx_kwargs: Any):
+        self._http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_kwargs)
+
+    def tasks(
+        self,
+        request_or_instruction: Request | str,
+        images: Sequence[ImageInput] = (),
+        regions: Sequence[RegionPrompt | dict] = (),
+        options: Options | dict | None = None,
+        multipart: bool = False,
+    ) -> Response:
+        request = build_request(request_or_instruction, images, regions, options)
+        resp = _check(self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
+        return Response.model_validate(resp.json())
+
+    def routes(self) -> dict[str, Any]:
+        return _check(self._http.get("/v1/routes")).json()
+
+    def health(self) -> dict[str, Any]:
+        return _check(self._http.get("/healthz")).json()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SuperLinkClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSuperLinkClient:
+    """asyncio client with the same methods as SuperLinkClient."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0, **httpx_kwargs: Any):
+        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_kwargs)
+
+    async def tasks(
+        self,
+        request_or_instruction: Request | str,
+        images: Sequence[ImageInput] = (),
+        regions: Sequence[RegionPrompt | dict] = (),
+        options: Options | dict | None = None,
+        multipart: bool = False,
+    ) -> Response:
+        request = build_request(request_or_instruction, images, regions, options)
+        resp = _check(await self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
+        return Response.model_validate(resp.json())
+
+    async def routes(self) -> dict[str, Any]:
+        return _check(await self._http.get("/v1/routes")).json()
+
+    async def health(self) -> dict[str, Any]:
+        return _check(await self._http.get("/healthz")).json()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncSuperLinkClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,121 @@
+"""SuperLink as a LangChain tool.
+
+Images travel out of band: the tool holds a registry (name -> image bytes) and the model
+refers to images by name, so no bulky base64 passes through the chat. The tool returns
+(content, artifact): a short text summary the model reads, and the full Response.
+
+    tool = SuperLinkTool(backend=SuperLinkClient(url))        # or an in-process Pipeline
+    tool.add_image("scene", png_bytes)
+    agent = create_agent(model, tools=[tool])
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, Field
+
+from router.schemas import Options, Request, Response
+from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTPError
+
+
+class SuperLinkInput(BaseModel):
+    instruction: str = Field(description="what to do with the images, e.g. 'detect the red circles' or 'draw a blue star'")
+    image_ids: list[str] = Field(default_factory=list, description="names of registered images the instruction refers to")
+
+
+def summarize(response: Response, limit: int = 400) -> str:
+    """A short text a chat model can use: the answer and counts of what came back."""
+    parts = [f"answer: {response.text.strip()[:limit]}"]
+    kinds = {"detections": response.detections, "keypoint sets": response.keypoints, "images": response.images,
+             "polygons": response.polygons, "points": response.points}
+    for kind, items in kinds.items():
+        if items:
+            by_phrase = Counter(i.phrase or "-" for i in items)
+            parts.append(f"{len(items)} {kind} (" + ", ".join(f"{p}: {n}" for p, n in by_phrase.items()) + ")")
+    for err in response.errors:
+        parts.append(f"error for {err.route or 'answer'} '{err.phrase}': {err.kind}")
+    return "; ".join(parts)
+
+
+class SuperLinkTool(BaseTool):
+    """Run a SuperLink request: text answers, detection, segmentation, grounding, pose, generation, editing."""
+
+    name: str = "superlink"
+    description: str = (
+        "Look at registered images and answer, detect, segment, ground or find keypoints of objects, "
+        "or generate/edit an image. Give an instruction and the names of the images it refers to."
+    )
+    args_schema: type[BaseModel] = SuperLinkInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    backend: Any = Field(description="SuperLinkClient, AsyncSuperLinkClient, or an in-process Pipeline")
+    images: dict[str, bytes] = Field(default_factory=dict)
+    options: Options = Field(default_factory=Options)
+    handle_tool_error: bool = True  # a bad image name or HTTP error goes back to the model as text
+
+    def add_image(self, name: str, data: bytes) -> None:
+        self.images[name] = data
+
+    def _request(self, instruction: str, image_ids: list[str]) -> Request:
+        missing = [i for i in image_ids if i not in self.images]
+        if missing:
+            raise ToolException(f"unknown image ids {missing}; registered images: {sorted(self.images)}")
+        return Request(instruction=instruction, images=[self.images[i] for i in image_ids], options=self.options)
+
+    def _run(
+        self, instruction: str, image_ids: list[str] | None = None, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, Response]:
+        request = self._request(instruction, image_ids or [])
+        response = self._call_sync(request)
+        return summarize(response), response
+
+    async def _arun(
+        self,
+        instruction: str,
+        image_ids: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, Response]:
+        request = self._request(instruction, image_ids or [])
+        if isinstance(self.backend, AsyncSuperLinkClient):
+            response = await _http_errors_as_tool_errors(self.backend.tasks(request))
+        else:
+            response = await asyncio.to_thread(self._call_sync, request)
+        return summarize(response), response
+
+    def _call_sync(self, request: Request) -> Response:
+        if isinstance(self.backend, SuperLinkClient):
+            try:
+                return self.backend.tasks(request)
+            except SuperLinkHTTPError as err:
+                raise ToolException(str(err)) from None
+        if isinstance(self.backend, AsyncSuperLinkClient):
+            raise ToolException("an AsyncSuperLinkClient backend needs the async path (ainvoke)")
+        return self.backend(request)  # an in-process Pipeline
+
+
+async def _http_errors_as_tool_errors(call: Any) -> Response:
+    try:
+        return await call
+    except SuperLinkHTTPError as err:
+        raise ToolException(str(err)) from None
+
+
+def scripted_chat_model(instruction: str, image_ids: list[str], final_answer: str = "Done.") -> Any:
+    """An offline chat model that calls the tool once, then answers (examples and tests, no LLM needed).
+
+    GenericFakeChatModel refuses bind_tools; agents need it, so the subclass returns itself.
+    """
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    class ScriptedChatModel(GenericFakeChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
+            return self
+
+    call = {"name": "superlink", "args": {"instruction": instruction, "image_ids": image_ids}, "id": "call_1", "type": "tool_call"}
+    script = [AIMessage(content="", tool_calls=[call]), AIMessage(content=final_answer)]
+    return ScriptedChatModel(messages=iter(script))

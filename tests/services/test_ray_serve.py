@@ -1,0 +1,105 @@
+"""The Serve application on a real Ray instance (2 CPUs, fractional replicas), called over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+from services.client import AsyncSuperLinkClient, SuperLinkClient
+
+pytestmark = pytest.mark.slow
+
+OPTIONS = {"max_new_tokens": 24, "steps": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tiny_dir):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from services.app import build_app
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    quarter = {"ray_actor_options": {"num_cpus": 0.25}, "health_check_period_s": 1.0}
+    batched = {**quarter, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}}
+    config = {
+        "model": str(tiny_dir),
+        "engine_factory": "services.testing:scripted_engine",
+        "routes": ["DET", "SEG", "GEN"],
+        "ingress": {"ray_actor_options": {"num_cpus": 0.1}},
+        "mllm": batched,
+        "decoders": {"detector": batched, "generator": batched},
+        "http": {"request_timeout_s": 60},
+    }
+    try:
+        serve.run(build_app(config), name="superlink", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _image() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), (220, 40, 40)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_compound_request_reaches_two_decoders(url):
+    with SuperLinkClient(url, timeout=120) as sl:
+        resp = sl.tasks("detect the stars, draw a green square", images=[_image()], options=OPTIONS)
+        stats = sl.routes()
+    assert resp.routes == ["DET", "GEN"] and resp.errors == []
+    assert resp.detections and all(d.route == "DET" and d.phrase == "stars" for d in resp.detections)
+    assert len(resp.images) == 1 and resp.images[0].phrase == "green square"
+    assert {"generate", "detector", "generator", "total"} <= set(resp.timings_ms)
+    assert stats["backend"] == "ray-serve" and set(stats["routes"]) == {"DET", "SEG", "GEN"}
+    assert stats["decoders"]["detector"]["calls"] >= 1 and stats["decoders"]["generator"]["calls"] >= 1
+
+
+def test_decoder_batches_under_concurrent_load(url):
+    async def burst() -> list:
+        async with AsyncSuperLinkClient(url, timeout=120) as sl:
+            return await asyncio.gather(*(sl.tasks(f"detect the stars {i}", images=[_image()], options=OPTIONS) for i in range(12)))
+
+    out = asyncio.run(burst())
+    assert all(r.routes == ["DET"] and r.errors == [] for r in out)
+    with SuperLinkClient(url) as sl:
+        detector = sl.routes()["decoders"]["detector"]
+    assert detector["max_batch"] > 1, detector
+
+
+def test_killed_decoder_replica_is_restarted(url):
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "decoder-generator" in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    with SuperLinkClient(url, timeout=120) as sl:
+        detect = sl.tasks("detect the circles", images=[_image()], options=OPTIONS)
+        assert detect.errors == [] and detect.detections  # does not need the generator
+        deadline, draw = time.monotonic() + 90, None
+        while time.monotonic() < deadline:
+            draw = sl.tasks("draw a red circle", images=[_image()], options=OPTIONS)
+            if not draw.errors:
+                break
+            assert draw.errors[0].kind in ("decoder_failed", "timeout")  # a 200 with the failed part named
+            time.sleep(1.0)
+    assert draw is not None and draw.errors == [] and len(draw.images) == 1
