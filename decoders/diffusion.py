@@ -164,6 +164,7 @@ class _DiffusionDecoder(nn.Module):
     config_class: ClassVar[type[DiffusionConfig]]
     image_channels_in: ClassVar[int]  # conditioning images concatenated to the UNet input: 0 or 1
     batch_class: ClassVar[type[GenerationBatch]]
+    pipeline_class: ClassVar[type[StableDiffusionPipeline] | type[StableDiffusionInstructPix2PixPipeline]]
 
     def __init__(
         self,
@@ -207,8 +208,20 @@ class _DiffusionDecoder(nn.Module):
                 f"!= config.cross_attention_dim {self.config.cross_attention_dim}"
             )
 
-    def _build_pipeline(self) -> Any:
-        raise NotImplementedError
+    def _build_pipeline(self) -> StableDiffusionPipeline | StableDiffusionInstructPix2PixPipeline:
+        """The stock diffusers pipeline over this decoder's components; the mapper stands in for the text encoder."""
+        pipe = self.pipeline_class(
+            vae=self.vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -336,6 +349,13 @@ class _DiffusionDecoder(nn.Module):
             noise = self.unet(inp, t, encoder_hidden_states=embeds).sample
             x = sched.step(combine(*noise.chunk(k)), t, x, **extra).prev_sample
         return x
+
+    def _image_output(self, images: list[np.ndarray], seeds: list[int] | None) -> DecoderOutput:
+        """One `GeneratedImage` per item, carrying its seed when the caller gave seeds."""
+        item_seeds: list[int | None] = list(seeds) if seeds else [None] * len(images)
+        return DecoderOutput(
+            predictions=[GeneratedImage(img, seed) for img, seed in zip(images, item_seeds, strict=True)]
+        )
 
     # ---- protocol ----
 
@@ -470,20 +490,7 @@ class GenerationDecoder(_DiffusionDecoder):
     config_class = DiffusionConfig
     image_channels_in = 0
     batch_class = GenerationBatch
-
-    def _build_pipeline(self) -> StableDiffusionPipeline:
-        pipe = StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=None,
-            tokenizer=None,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    pipeline_class = StableDiffusionPipeline
 
     @classmethod
     def from_pretrained_sd(cls, path: str | Path, config: DiffusionConfig | None = None) -> GenerationDecoder:
@@ -525,10 +532,7 @@ class GenerationDecoder(_DiffusionDecoder):
             images = float_to_uint8(out.images)
         else:
             images = to_uint8(self._sample_pixels_gen(cond, null, guidance, steps, generators))
-        seeds = batch.seeds or [None] * b
-        return DecoderOutput(
-            predictions=[GeneratedImage(img, seed) for img, seed in zip(images, seeds, strict=True)]
-        )
+        return self._image_output(images, batch.seeds)
 
     def _sample_pixels_gen(
         self,
@@ -554,21 +558,8 @@ class EditDecoder(_DiffusionDecoder):
     config_class = EditorConfig
     image_channels_in = 1
     batch_class = EditBatch
+    pipeline_class = StableDiffusionInstructPix2PixPipeline
     config: EditorConfig
-
-    def _build_pipeline(self) -> StableDiffusionInstructPix2PixPipeline:
-        pipe = StableDiffusionInstructPix2PixPipeline(
-            vae=self.vae,
-            text_encoder=None,
-            tokenizer=None,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     @classmethod
     def from_pretrained_ip2p(cls, path: str | Path, config: EditorConfig | None = None) -> EditDecoder:
@@ -634,10 +625,7 @@ class EditDecoder(_DiffusionDecoder):
                 )
             )
         images = [resize_to(img, size) for img, size in zip(images, sizes, strict=True)]
-        seeds = batch.seeds or [None] * b
-        return DecoderOutput(
-            predictions=[GeneratedImage(img, seed) for img, seed in zip(images, seeds, strict=True)]
-        )
+        return self._image_output(images, batch.seeds)
 
     def _sample_pixels_edit(
         self,

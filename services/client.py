@@ -71,6 +71,11 @@ def _check(resp: httpx.Response) -> httpx.Response:
     return resp
 
 
+def _response(resp: httpx.Response) -> Response:
+    """The /v1/tasks answer, checked and validated."""
+    return Response.model_validate(_check(resp).json())
+
+
 def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -90,8 +95,7 @@ class SuperLinkClient:
         multipart: bool = False,
     ) -> Response:
         request = build_request(request_or_instruction, images, regions, options)
-        resp = _check(self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
-        return Response.model_validate(resp.json())
+        return _response(self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
 
     def routes(self) -> dict[str, Any]:
         return _check(self._http.get("/v1/routes")).json()
@@ -124,8 +128,7 @@ class AsyncSuperLinkClient:
         multipart: bool = False,
     ) -> Response:
         request = build_request(request_or_instruction, images, regions, options)
-        resp = _check(await self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
-        return Response.model_validate(resp.json())
+        return _response(await self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
 
     async def routes(self) -> dict[str, Any]:
         return _check(await self._http.get("/v1/routes")).json()

@@ -43,20 +43,21 @@ def coco_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     return anns
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
-    Image.fromarray(image).save(path)
+def _save_png(image: np.ndarray | None, out: Path, stem: str) -> str | None:
+    """Write `image` to out/images/<stem>.png and return that path relative to out; None when there is no image."""
+    if image is None:
+        return None
+    rel = f"images/{stem}.png"
+    Image.fromarray(image).save(out / rel)
+    return rel
 
 
 def _target_json(t: RouteTarget, out: Path, stem: str) -> dict:
-    rel = None
-    if t.image is not None:
-        rel = f"images/{stem}.png"
-        _save_png(t.image, out / rel)
     return {
         "route": t.route, "phrase": t.phrase, "boxes": np.asarray(t.boxes).tolist(),
         "masks": [rle_encode(m) for m in t.masks] if t.masks is not None else None,
         "keypoints": np.asarray(t.keypoints).tolist() if t.keypoints is not None else None,
-        "image": rel, "objects": t.objects,
+        "image": _save_png(t.image, out, stem), "objects": t.objects,
     }
 
 
@@ -68,12 +69,8 @@ def _region_json(region: dict) -> dict:
 
 def sample_record(sample: TaskSample, sid: str, out: Path) -> dict:
     """The JSONL record of one sample; writes its input and target images under out/images/."""
-    image_rel = None
-    if sample.image is not None:
-        image_rel = f"images/{sid}.png"
-        _save_png(sample.image, out / image_rel)
     return {
-        "id": sid, "image": image_rel, "task": sample.task,
+        "id": sid, "image": _save_png(sample.image, out, sid), "task": sample.task,
         "conversations": [{"from": "human", "value": sample.instruction}, {"from": "gpt", "value": sample.answer}],
         "targets": [_target_json(t, out, f"{sid}_target{j}") for j, t in enumerate(sample.targets)],
         "classes": list(sample.classes), "regions": [_region_json(r) for r in sample.regions],

@@ -20,15 +20,6 @@ from decoders.diffusion import (
 from decoders.mapper import LinkMapper
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two intra-op threads on a loaded 2-core machine make these small convolutions ~20x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def gen_cfg(tiny_config) -> DiffusionConfig:
     return tiny_config.decoders.generator
@@ -243,20 +234,25 @@ def test_edit_save_load_round_trip(editor, tmp_path):
         GenerationDecoder.from_pretrained(tmp_path / "edit")
 
 
-def test_from_pretrained_sd_loads_a_plain_diffusers_folder(gen_cfg, tmp_path):
-    # A checkpoint whose width differs from the config: the loaded architecture wins, the mapper follows it.
-    other = GenerationDecoder(gen_cfg.model_copy(update={"cross_attention_dim": 16, "link_dim": 16}))
-    pipe = StableDiffusionPipeline(
-        vae=other.vae,
+def save_diffusers_folder(pipeline_class, decoder, path) -> None:
+    """A stock diffusers pipeline folder of `decoder`'s components, written without the decoder's own save code."""
+    pipe = pipeline_class(
+        vae=decoder.vae,
         text_encoder=None,
         tokenizer=None,
-        unet=other.unet,
-        scheduler=other.scheduler,
+        unet=decoder.unet,
+        scheduler=decoder.scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(tmp_path / "sd")
+    pipe.save_pretrained(path)
+
+
+def test_from_pretrained_sd_loads_a_plain_diffusers_folder(gen_cfg, tmp_path):
+    # A checkpoint whose width differs from the config: the loaded architecture wins, the mapper follows it.
+    other = GenerationDecoder(gen_cfg.model_copy(update={"cross_attention_dim": 16, "link_dim": 16}))
+    save_diffusers_folder(StableDiffusionPipeline, other, tmp_path / "sd")
     loaded = GenerationDecoder.from_pretrained_sd(
         tmp_path / "sd", gen_cfg.model_copy(update={"link_dim": 48})
     )
@@ -268,17 +264,7 @@ def test_from_pretrained_sd_loads_a_plain_diffusers_folder(gen_cfg, tmp_path):
 
 
 def test_from_pretrained_ip2p_loads_a_plain_diffusers_folder(editor, edit_cfg, tmp_path):
-    pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=editor.vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=editor.unet,
-        scheduler=editor.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp_path / "ip2p")
+    save_diffusers_folder(StableDiffusionInstructPix2PixPipeline, editor, tmp_path / "ip2p")
     loaded = EditDecoder.from_pretrained_ip2p(tmp_path / "ip2p", edit_cfg)
     assert loaded.unet.config.in_channels == 2 * edit_cfg.latent_channels
     torch.testing.assert_close(loaded.unet.conv_in.weight, editor.unet.conv_in.weight)

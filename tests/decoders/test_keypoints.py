@@ -13,15 +13,6 @@ K = 6
 SIZES = [(128, 128), (200, 100)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops are dominated by thread hand-off on a shared 2-core machine; one thread is ~10x faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cfgs(tiny_config):
     return tiny_config.decoders
