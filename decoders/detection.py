@@ -554,6 +554,10 @@ class DetectionDecoder(nn.Module):
             max_phrases=gd.max_text_len,
             num_heads=gd.encoder_attention_heads,
             ffn_dim=gd.encoder_ffn_dim,
+            num_points=gd.encoder_n_points,
+            # Record the checkpoint's backbone so a re-saved detector.json describes it truly.
+            backbone_embed_dim=getattr(gd.backbone_config, "embed_dim", 16),
+            backbone_depths=list(getattr(gd.backbone_config, "depths", [1, 1, 1, 1]))[:4],
         )
 
     def save_pretrained(self, path: str | Path) -> None:

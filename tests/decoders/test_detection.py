@@ -206,6 +206,7 @@ def test_score_threshold_and_top_k(frozen):
 
 def test_loads_a_standard_transformers_folder(cfg, tmp_path):
     torch.manual_seed(3)
+    cfg = cfg.model_copy(update={"num_points": 3, "backbone_depths": [1, 1, 2, 1]})  # not the defaults
     standard = GroundingDinoForObjectDetection(grounding_dino_config(cfg))
     standard.save_pretrained(tmp_path)
     dec = DetectionDecoder.from_pretrained(tmp_path)
@@ -216,6 +217,7 @@ def test_loads_a_standard_transformers_folder(cfg, tmp_path):
     assert all(torch.equal(ours[k], theirs[k]) for k in shared)
     assert {k for k in ours if k not in theirs} == {k for k in ours if k.startswith("mask_")}
     assert dec.link_dim == cfg.d_model and dec.config.num_queries == cfg.num_queries
+    assert dec.config.num_points == 3 and dec.config.backbone_depths == [1, 1, 2, 1]
 
 
 def test_save_and_load_whole_decoder(decoder, tmp_path):
