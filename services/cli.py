@@ -56,7 +56,7 @@ ModelOpt = Annotated[str, typer.Option("--model", help="preset name (tiny, shape
 def run(
     instruction: Annotated[str, typer.Argument(help="what to do, e.g. 'detect the red circles'")],
     image: Annotated[list[Path] | None, typer.Option("--image", help="input image (repeatable)")] = None,
-    model: ModelOpt = "tiny",
+    model: ModelOpt = "shapes",
     out: Annotated[Path | None, typer.Option(help="folder for annotated PNGs and the JSON response")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
     max_new_tokens: Annotated[int, typer.Option()] = 128,
@@ -73,7 +73,7 @@ def run(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for annotated PNGs and JSON responses")] = Path("out/demo"),
-    model: ModelOpt = "tiny",
+    model: ModelOpt = "shapes",
 ) -> None:
     """Run the model on a handful of ShapesWorld scenes and instructions; write pictures and JSON."""
     from services.demo import run_demo
@@ -95,7 +95,7 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    model: ModelOpt = "tiny",
+    model: ModelOpt = "shapes",
     split: Annotated[str, typer.Option(help="ShapesWorld split")] = "val",
     n: Annotated[int, typer.Option(help="number of scenes")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="last line is one JSON object")] = False,
@@ -112,11 +112,13 @@ def evaluate(
 @app.command()
 def serve(
     config: Annotated[Path | None, typer.Option(help="serving config (defaults to configs/serve.yaml)")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="same HTTP API over one in-process pipeline (uvicorn)")] = False,
 ) -> None:
     """Start the Ray Serve application (ingress + MLLM + one deployment per decoder)."""
     from services.app import serve as serve_fn
+    from services.app import serve_local
 
-    serve_fn(config)
+    (serve_local if no_ray else serve_fn)(config)
 
 
 def main() -> None:
