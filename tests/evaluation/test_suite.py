@@ -1,0 +1,105 @@
+"""The ShapesWorld evaluation suite: fixed samples, scoring against ground truth, and a teacher-forced run."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation import suite
+from router.schemas import Detection, GeneratedImage, Response
+from shapesworld.scene import render
+
+
+def _response(**kw) -> Response:
+    return Response(text=kw.pop("text", ""), raw_text=kw.pop("raw_text", ""), **kw)
+
+
+def _png(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _family(family: str, n: int) -> list:
+    return [s for _, s in suite.eval_samples("val", n, families=(family,))]
+
+
+def test_samples_are_fixed_spread_over_families_and_grow_with_n():
+    small = suite.eval_samples("val", 11)
+    assert [f for f, _ in small] == list(suite.FAMILIES)
+    big = suite.eval_samples("val", 22)
+    firsts = {f: s for f, s in big[::-1]}  # first sample of each family in the bigger set
+    for f, s in small:
+        assert s.instruction == firsts[f].instruction and s.answer == firsts[f].answer
+    assert suite.eval_samples("val", 3, seed=1)[0][1].answer != suite.eval_samples("val", 3, seed=0)[0][1].answer
+    with pytest.raises(ValueError, match="unknown split"):
+        suite.eval_samples("dev", 3)
+    with pytest.raises(ValueError, match="task families"):
+        suite.eval_samples("val", 3, families=("juggling",))
+
+
+def test_detection_ap_is_one_for_ground_truth_and_zero_for_nothing():
+    samples = _family("detection", 4)
+    perfect, empty = [], []
+    for s in samples:
+        dets = [Detection(route="DET", phrase=t.phrase, label=t.phrase, box=tuple(map(float, b)), score=0.9)
+                for t in s.targets for b in t.boxes]
+        perfect.append(suite.Scored("detection", s, _response(detections=dets, routes=["DET"] * len(s.targets))))
+        empty.append(suite.Scored("detection", s, _response()))
+    assert suite.score_routed(perfect, "DET", "bbox")["ap"] == pytest.approx(1.0)
+    assert suite.score_routed(empty, "DET", "bbox")["ap"] == 0.0
+    assert suite.score_routing(perfect) == 1.0 and suite.score_routing(empty) == 0.0
+
+
+def test_grounding_takes_the_best_scoring_box():
+    (s,) = _family("grounding", 1)
+    gt = tuple(map(float, s.targets[0].boxes[0]))
+    wrong = (0.0, 0.0, 1.0, 1.0)
+    good = _response(detections=[Detection(route="GRD", label="x", box=gt, score=0.8),
+                                 Detection(route="GRD", label="x", box=wrong, score=0.1)])
+    bad = _response(detections=[Detection(route="GRD", label="x", box=gt, score=0.1),
+                                Detection(route="GRD", label="x", box=wrong, score=0.8)])
+    assert suite.score_grounding([suite.Scored("grounding", s, good)]) == 1.0
+    assert suite.score_grounding([suite.Scored("grounding", s, bad)]) == 0.0
+
+
+def test_generation_and_editing_are_read_by_the_oracle():
+    (gen,) = _family("generation", 1)
+    target = gen.targets[0].image
+    ok = _response(images=[GeneratedImage(route="GEN", png_base64=_png(target), width=128, height=128)])
+    assert suite.score_generation([suite.Scored("generation", gen, ok)]) == 1.0
+    assert suite.score_generation([suite.Scored("generation", gen, _response())]) == 0.0
+    edits = _family("editing", 6)
+    right = [suite.Scored("editing", e, _response(images=[GeneratedImage(
+        route="EDIT", png_base64=_png(e.targets[0].image), width=128, height=128)])) for e in edits]
+    unchanged = [suite.Scored("editing", e, _response(images=[GeneratedImage(
+        route="EDIT", png_base64=_png(render(e.scene)), width=128, height=128)])) for e in edits]
+    assert suite.score_editing(right) == 1.0
+    assert suite.score_editing(unchanged) == 0.0  # returning the source image is not an edit
+
+
+def test_added_object_may_be_anywhere_but_kept_objects_stay_put():
+    for e in _family("editing", 30):
+        want = suite.edit_expectation(e)
+        if len(want) > len(e.scene.objects):
+            assert sum(w["box"] is None for w in want) == 1
+            return
+        assert all(w["box"] is not None for w in want)
+    pytest.fail("no 'add' edit among 30 samples")
+
+
+@pytest.mark.slow
+def test_teacher_forced_tiny_pipeline_scores_text_and_native_answers_perfectly():
+    from router.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained("tiny")
+    result = suite.evaluate_pipeline(pipe, n=8, teacher_force=True, families=("vqa", "caption", "region", "native_detection"))
+    assert result["n"] == 8
+    assert result["vqa_acc"] == 1.0 and result["caption_f1"] == 1.0 and result["region_acc"] == 1.0
+    assert result["routing_acc"] == 1.0
+    assert result["native_det_ap"] > 0.5  # 32 location bins over 128 px: boxes quantised to 4 px
+    assert result["det_ap"] is None and result["gen_acc"] is None  # families not evaluated
