@@ -127,22 +127,33 @@ _TAIL_RE = re.compile(
     r"|\s+(?:as|with|using)\s+(?:polygons?|boxes|bounding\s+boxes|masks?|points?)\b.*",
     re.I | re.S,
 )
+_INTRO_RE = re.compile(r"\b(?:each|every|for|of)\b\s*", re.I)
+# Trailing clauses that say how to answer, not what to find: "... and give their box coordinates".
+_CLAUSE_TAIL_RE = re.compile(
+    r"\s+(?:and\s+(?:give|reply|return|answer|write|output|report)\b|(?:as|with|in|using)\s+(?:box\s+)?coordinates\b).*",
+    re.I | re.S,
+)
 _LIST_SPLIT_RE = re.compile(r"\s*(?:,|;|&|\band\b|\bor\b)\s*", re.I)
 
 
 def parse_class_list(instruction: str) -> list[str]:
     """Categories an instruction lists, in order: "detect cat, dog and bird" -> ["cat", "dog", "bird"].
 
-    Also "Find: red circle, blue star." and "Please detect the following objects: cat, dog in the image."
+    Also "Find: red circle, blue star.", "Please detect the following objects: cat, dog in the image.",
+    "Report the coordinates of each cat, dog and bird." and "Detect cat and dog and give their boxes."
     Returns [] when the instruction holds no list (then no class slots are bound).
     """
-    text = _SPECIAL_RE.sub(" ", instruction)
+    text = _CLAUSE_TAIL_RE.sub("", _SPECIAL_RE.sub(" ", instruction))
     m = _TRIGGER_RE.search(text)
-    if m is None:
-        return []
-    rest = text[m.end() :]
+    rest = text[m.end() :] if m else text
     if ":" in rest:  # "detect the following: a, b" / "Find: a, b"
         rest = rest.split(":", 1)[1]
+    else:  # "... coordinates of each a, b": the list starts after the last "of/each/every/for" before it
+        intro = list(_INTRO_RE.finditer(re.split(r"[,;]", rest, maxsplit=1)[0]))
+        if intro:
+            rest = rest[intro[-1].end() :]
+        elif m is None:
+            return []
     rest = re.split(r"[.?!\n]", rest.strip(" :"), maxsplit=1)[0]
     rest = _TAIL_RE.sub("", rest)
     names: list[str] = []

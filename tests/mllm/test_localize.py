@@ -111,3 +111,11 @@ def test_localize_mode_and_strip() -> None:
     assert localize_mode("Outline the circles as polygons") == "polygon"
     assert localize_mode("detect the circles") == "auto"
     assert strip_location_tokens("a cat <cls_0><loc_1><loc_2><loc_3><loc_4> here.") == "a cat here."
+
+
+def test_class_list_from_every_shapesworld_native_detection_phrasing():
+    from shapesworld.tasks import TEMPLATES
+
+    for template in TEMPLATES["native_detection"]:
+        instruction = template.format(cats="circle, red star and square")
+        assert parse_class_list(instruction) == ["circle", "red star", "square"], instruction
