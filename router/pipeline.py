@@ -286,7 +286,7 @@ class Pipeline:
         """Stop the decoder workers (threads or processes)."""
         executors, self._executors = self._executors, {}
         for executor in executors.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=True, cancel_futures=True)  # wait: no worker outlives close()
 
     # ---- stage 5: assemble ------------------------------------------------------------------
     def assemble(
