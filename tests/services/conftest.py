@@ -6,9 +6,12 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """The tiny preset built once (random weights) and saved, so deployments load it quickly and identically."""
+    import torch
+
     from services.testing import ScriptedPipeline
 
     out = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)  # random weights, but the same ones every run: the tests must not depend on luck
     ScriptedPipeline.from_pretrained("tiny").save_pretrained(out)
     return out
 
