@@ -76,6 +76,14 @@ class DiffusionConfig(StrictModel):
     latent_channels: int = Field(4, ge=1)
     vae_block_out_channels: list[int] = [32, 64]
     scheduler: Literal["ddim", "ddpm", "euler", "dpm"] = Field("ddim", description="inference scheduler")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
+        "epsilon", description="what the UNet predicts (SD-1.5: epsilon); used when no pretrained scheduler is loaded"
+    )
+    zero_terminal_snr: bool = Field(
+        False,
+        description="rescale the noise schedule to zero terminal SNR and space inference steps 'trailing' (pair it "
+        "with v_prediction); fixes the brightness and colour shifts of flat images trained from scratch",
+    )
     cond_drop: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance drop rate in training")
     train_unet: bool = Field(True, description="VisionLLM v2 freezes the SD UNet; tiny presets must train it")
     max_image_pixels: int = Field(4096 * 4096, ge=64)

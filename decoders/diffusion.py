@@ -3,7 +3,7 @@
 Both decoders share one design (VisionLLM v2, `modeling_sd.py` / `modeling_instruct_pix2pix.py`):
 a `LinkMapper` turns the route's projected link states into prompt embeddings that replace the
 CLIP text encoder, and a learned null embedding replaces the empty prompt for classifier-free
-guidance. Training is the usual noise-prediction MSE under a `DDPMScheduler`; inference goes
+guidance. Training is the usual MSE on the configured target (noise, velocity or sample) under a `DDPMScheduler`; inference goes
 through the stock diffusers pipelines fed `prompt_embeds` / `negative_prompt_embeds`
 (`StableDiffusionPipeline`, `StableDiffusionInstructPix2PixPipeline`), built once and reused.
 
@@ -131,14 +131,21 @@ def build_vae(config: DiffusionConfig) -> AutoencoderKL:
 
 
 def default_scheduler_config(config: DiffusionConfig) -> dict[str, Any]:
-    """SD-1.5's noise schedule; steps_offset=1 and no clipping, as the pipelines expect."""
+    """SD-1.5's noise schedule; steps_offset=1 and no clipping, as the pipelines expect.
+
+    `prediction_type` and `zero_terminal_snr` come from the config (zero terminal SNR also spaces the
+    inference steps "trailing", so sampling starts from pure noise).
+    """
     sched = DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
-        steps_offset=1,
+        steps_offset=0 if config.zero_terminal_snr else 1,
+        prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+        timestep_spacing="trailing" if config.zero_terminal_snr else "leading",
     )
     return dict(sched.config)
 
@@ -306,8 +313,11 @@ class _DiffusionDecoder(nn.Module):
         xt = self.train_scheduler.add_noise(x0, noise, t)  # (B, c, h, w)
         inp = xt if image_cond is None else torch.cat([xt, image_cond], dim=1)
         pred = self.unet(inp, t, encoder_hidden_states=cond).sample
-        if self.train_scheduler.config.prediction_type == "v_prediction":
+        kind = self.train_scheduler.config.prediction_type
+        if kind == "v_prediction":
             target = self.train_scheduler.get_velocity(x0, noise, t)
+        elif kind == "sample":
+            target = x0
         else:
             target = noise
         return F.mse_loss(pred.float(), target.float())

@@ -88,6 +88,9 @@ class TextConfig(StrictModel):
     intermediate_size: int = Field(128, ge=8)
     max_position_embeddings: int = Field(1024, ge=64)
     tokenizer_vocab_size: int = Field(600, ge=260, description="byte-level BPE size before special tokens")
+    # One matrix for input embeddings and output logits: a small LLM trained from scratch learns to copy words
+    # from the prompt (category names into its answer) far sooner when reading and writing share embeddings.
+    tie_word_embeddings: bool = False
 
 
 class VocabConfig(StrictModel):

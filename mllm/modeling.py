@@ -132,10 +132,11 @@ def build_llava_config(config: MLLMConfig, token_ids: TokenIds, vocab_size: int)
         num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads or t.num_heads,
         intermediate_size=t.intermediate_size, max_position_embeddings=t.max_position_embeddings,
         pad_token_id=token_ids.pad, bos_token_id=token_ids.bos, eos_token_id=token_ids.eos,
-        tie_word_embeddings=False,
+        tie_word_embeddings=t.tie_word_embeddings,
     )  # fmt: skip
     return LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=token_ids.image,
+        tie_word_embeddings=t.tie_word_embeddings,
         vision_feature_layer=-1, vision_feature_select_strategy="default", projector_hidden_act="gelu",
     )  # fmt: skip
 

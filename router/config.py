@@ -20,6 +20,12 @@ class StageConfig(StrictModel):
     name: str
     steps: int = Field(ge=1)
     train_llm: Literal["frozen", "lora", "full"] = "frozen"
+    # The vision tower is frozen by default (VisionLLM v2 keeps its pretrained CLIP frozen); a model trained
+    # from scratch, like the embedded `shapes` preset, must train it or its patch features stay random.
+    train_vision: bool = False
+    # False: the stage trains on the LM loss alone and skips the decoders (several times faster per step), e.g. a
+    # first stage that teaches a from-scratch LLM to answer, route and copy phrases before the decoders join in.
+    decoder_losses: bool = True
     # Learning rate per parameter group (PARAM_GROUPS); a group left out, or at 0, does not train.
     lr: dict[str, float] = {"queries": 1e-3, "projectors": 1e-3, "decoders": 1e-3, "llm": 1e-4, "region": 1e-3}
     warmup_steps: int = Field(0, ge=0, description="linear warm-up at the start of the stage")

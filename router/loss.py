@@ -102,8 +102,12 @@ def decoder_loss(system: SuperLinkSystem, route: str, states: torch.Tensor, rows
     return out.loss
 
 
-def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping[str, float] | None = None) -> LossOutput:
-    """LM loss + sum over the routes present of weight x decoder loss (weights default to 1.0)."""
+def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping[str, float] | None = None,
+               decoders: bool = True) -> LossOutput:
+    """LM loss + sum over the routes present of weight x decoder loss (weights default to 1.0).
+
+    decoders=False: the LM loss alone (no decoder runs; link states are still computed but unused).
+    """
     weights = dict(loss_weights or {})
     unknown = set(weights) - set(system.table)
     if unknown:
@@ -111,7 +115,7 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
     out = system.model(**model_inputs(batch.inputs))
     parts = {"lm": out.loss}
     total = out.loss
-    for route, links in out.link_states.items():
+    for route, links in (out.link_states.items() if decoders else ()):
         rows, targets = route_targets(batch.samples, route, links.index)
         parts[route] = decoder_loss(system, route, links.states, rows, targets, batch.images)
         total = total + weights.get(route, 1.0) * parts[route]

@@ -7,6 +7,8 @@ Stages (TrainingConfig.stages) run one after another over one global step counte
   train_llm "frozen"  queries, projectors, decoders and the region encoder train; the LLM is frozen
   train_llm "lora"    plus LoRA adapters and SuperLink's token rows (peft, mllm.lora.apply_lora)
   train_llm "full"    plus the whole LLM (the vision tower stays frozen, as in VisionLLM v2)
+  train_vision true   the vision tower trains too (for towers trained from scratch), whatever train_llm is
+  decoder_losses false  LM loss only: the decoders do not run (a fast first stage for a from-scratch LLM)
 Each stage has its own AdamW with one parameter group per `PARAM_GROUPS` name and a
 linear warm-up. The batch of step s is a pure function of (seed, s, micro-step, rank),
 and torch is reseeded from (seed, s) before each step, so a resumed run replays the
@@ -74,7 +76,9 @@ def set_trainable(system: SuperLinkSystem, stage: StageConfig, decoder_flags: di
             p.requires_grad_(decoder_flags.get(name, True))
         elif group != "llm":
             p.requires_grad_(True)
-        elif ".vision_tower." in name or stage.train_llm == "frozen":
+        elif ".vision_tower." in name:
+            p.requires_grad_(stage.train_vision)
+        elif stage.train_llm == "frozen":
             p.requires_grad_(False)
         elif stage.train_llm == "full":
             p.requires_grad_(True)
@@ -166,7 +170,7 @@ class Run:
         set_trainable(self.system, stage, self.decoder_flags)
         self.optimizer = build_optimizer(self.system, stage, self.cfg.training.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, stage)
-        engine = _LossModule(self.system, self.cfg.training.loss_weights)
+        engine = _LossModule(self.system, self.cfg.training.loss_weights, stage.decoder_losses)
         self.engine = _wrap_ddp(engine, self.device) if self.world > 1 else engine
         self.stage = index
 
@@ -174,13 +178,14 @@ class Run:
 class _LossModule(nn.Module):
     """DDP needs one module whose forward runs the whole loss."""
 
-    def __init__(self, system: SuperLinkSystem, weights: dict[str, float]) -> None:
+    def __init__(self, system: SuperLinkSystem, weights: dict[str, float], decoders: bool = True) -> None:
         super().__init__()
         self.system = system
         self.weights = weights
+        self.decoders = decoders
 
     def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-        out = joint_loss(self.system, batch, self.weights)
+        out = joint_loss(self.system, batch, self.weights, decoders=self.decoders)
         return out.total, out.parts, out.lm_per_task
 
 

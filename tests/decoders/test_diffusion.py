@@ -304,6 +304,41 @@ def test_pixel_space_trains_and_samples(kind, gen_cfg, edit_cfg):
         assert np.array_equal(out.predictions[0].image, out.predictions[1].image)
 
 
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_prediction_targets_and_zero_terminal_snr(prediction, gen_cfg):
+    torch.manual_seed(0)
+    cfg = gen_cfg.model_copy(
+        update={"latent": False, "image_size": 16, "prediction_type": prediction, "zero_terminal_snr": True}
+    )
+    decoder = GenerationDecoder(cfg)
+    sched = decoder.train_scheduler
+    assert sched.config.prediction_type == prediction and decoder.scheduler.config.prediction_type == prediction
+    assert float(sched.alphas_cumprod[-1]) < 1e-6  # pure noise at the last training timestep
+    # The loss regresses the configured target: a UNet that outputs it exactly scores zero.
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(3)  # the loss draws its noise, then its timesteps, from the same generator
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, sched.config.num_train_timesteps, (2,), generator=g)
+    want = sched.get_velocity(x0, noise, t) if prediction == "v_prediction" else x0
+
+    class Oracle(torch.nn.Module):
+        config = decoder.unet.config
+
+        def forward(self, inp, timestep, encoder_hidden_states):
+            return type("Out", (), {"sample": want})()
+
+    decoder.unet = Oracle()
+    loss = decoder._noise_loss(x0, torch.zeros(2, 4, cfg.cross_attention_dim), None, torch.Generator().manual_seed(3))
+    assert float(loss) < 1e-10
+    decoder.unet = GenerationDecoder(cfg).unet
+    batch = gen_batch(decoder)
+    batch.seeds, batch.steps = [1, 2], 3
+    decoder.scheduler.set_timesteps(3)
+    assert int(decoder.scheduler.timesteps[0]) == sched.config.num_train_timesteps - 1  # "trailing": starts at T
+    out = decoder.eval()(batch)
+    assert [p.image.shape for p in out.predictions] == [(16, 16, 3)] * 2
+
+
 # ---- bad inputs ------------------------------------------------------------------------------
 
 

@@ -43,11 +43,14 @@ def assert_same_outputs(a: SuperLinkModel, b: SuperLinkModel) -> None:
         assert torch.equal(out_a.link_states[route].states, out_b.link_states[route].states)
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_round_trip_gives_identical_outputs(cfg, tmp_path, lora):
+@pytest.mark.parametrize("lora,tied", [(False, False), (True, False), (False, True)], ids=["full", "lora", "tied"])
+def test_round_trip_gives_identical_outputs(cfg, tmp_path, lora, tied):
     tok = build_tokenizer(CORPUS, Vocabulary.from_config(cfg), cfg.text.tokenizer_vocab_size)
     torch.manual_seed(0)
-    model = SuperLinkModel(cfg.model_copy(update={"lora": LoraConfig(r=2) if lora else None}), tok).eval()
+    text = cfg.text.model_copy(update={"tie_word_embeddings": tied})
+    model = SuperLinkModel(cfg.model_copy(update={"lora": LoraConfig(r=2) if lora else None, "text": text}), tok).eval()
+    llava = model.llava
+    assert (llava.lm_head.weight.data_ptr() == llava.get_input_embeddings().weight.data_ptr()) is tied
     with torch.no_grad():  # perturb every parameter so zero-initialised LoRA B and token deltas count too
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -57,6 +60,8 @@ def test_round_trip_gives_identical_outputs(cfg, tmp_path, lora):
     assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)  # nothing to unpickle
     loaded = SuperLinkModel.from_pretrained(tmp_path).eval()
     assert (loaded.config.lora is not None) == lora
+    out_w, in_w = loaded.llava.lm_head.weight, loaded.llava.get_input_embeddings().weight
+    assert (out_w.data_ptr() == in_w.data_ptr()) is tied  # still one matrix after loading
     assert loaded.tokenizer.get_vocab() == tok.get_vocab()
     assert_same_outputs(model, loaded)
 

@@ -54,6 +54,18 @@ def test_loss_weights_scale_decoder_parts(lora_system):
         joint_loss(system, batch, {"COUNT": 1.0})
 
 
+def test_lm_only_loss_skips_the_decoders(lora_system):
+    system, processor = lora_system
+    batch = collate(processor, _samples(["detection", "grounding"], seed=2))
+    system.zero_grad(set_to_none=True)
+    out = joint_loss(system, batch, decoders=False)
+    assert set(out.parts) == {"lm"} and torch.equal(out.total, out.parts["lm"])
+    out.total.backward()
+    decoder_grads = [p.grad for n, p in system.named_parameters() if n.startswith("decoders.")]
+    assert decoder_grads and all(g is None for g in decoder_grads)
+    system.zero_grad(set_to_none=True)
+
+
 def test_route_targets_must_match_the_answer(lora_system):
     (sample,) = _samples(["detection"], seed=2)
     index = torch.tensor([[0, 5]] * (len(sample.targets) + 1))

@@ -98,6 +98,23 @@ def test_stages_choose_what_trains(tiny_config):
     assert "llm" in {g["name"] for g in build_optimizer(system, lora, 0.0).param_groups}
 
 
+def test_train_vision_switch_trains_the_vision_tower(tiny_config):
+    from router.config import StageConfig
+    from router.pipeline import build_system
+
+    torch.manual_seed(0)
+    system, _ = build_system(tiny_config, decoders=["generator"])
+    tower = [n for n, _ in system.named_parameters() if ".vision_tower." in n]
+    assert tower
+    for stage, expected in [(StageConfig(name="a", steps=1, train_llm="full"), False),
+                            (StageConfig(name="b", steps=1, train_llm="full", train_vision=True), True),
+                            (StageConfig(name="c", steps=1, train_llm="frozen", train_vision=True), True)]:
+        set_trainable(system, stage, {})
+        named = dict(system.named_parameters())
+        assert all(named[n].requires_grad is expected for n in tower), stage.name
+        assert named["model.llava.lm_head.weight"].requires_grad is (stage.train_llm == "full")
+
+
 @pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     cfg = _tiny_run_config(tmp_path, batch_size=1)
