@@ -95,9 +95,21 @@ def _from_pil(im: Image.Image, max_pixels: int) -> Image.Image:
 
 
 def _int_mode_to_array(im: Image.Image) -> np.ndarray:
-    """I;16* and I modes are 16-bit greyscale (how Pillow decodes 16-bit PNG); F is float in [0, 1]."""
+    """I;16* and I modes are 16-bit greyscale (how Pillow decodes 16-bit PNG).
+
+    F (32-bit float, e.g. a float TIFF) carries no range of its own: values within [0, 1] are taken as
+    such, values up to 255 as 8-bit levels and values up to 65535 as 16-bit levels.
+    """
     if im.mode == "F":
-        return np.asarray(im, dtype=np.float32)
+        a = np.asarray(im, dtype=np.float32)
+        if not a.size or not np.isfinite(a).all() or a.min() < 0 or a.max() <= 1.0:
+            return a  # [0, 1], or refused with the range in the message by _to_uint8
+        scale = 255.0 if a.max() <= 255.0 else 65535.0
+        if a.max() > 65535.0:
+            raise ImageError(
+                f"PIL mode 'F' image has values {a.min():g}..{a.max():g}; accepted ranges 0..1, 0..255 or 0..65535"
+            )
+        return a / scale
     a = np.asarray(im.convert("I") if im.mode != "I" else im).astype(np.int64)
     if a.size and (a.min() < 0 or a.max() > 65535):
         raise ImageError(

@@ -54,12 +54,22 @@ def _png_header(width: int, height: int) -> bytes:
         ("I;16", 257 * 100, (100, 100, 100)),  # 16-bit scaled to 8 bit
         ("I;16", 65535, (255, 255, 255)),
         ("I", 257 * 3, (3, 3, 3)),
+        ("F", 0.5, (128, 128, 128)),  # float in [0, 1]
+        ("F", 200.0, (200, 200, 200)),  # float holding 8-bit levels (float TIFFs)
+        ("F", 257.0 * 100, (100, 100, 100)),  # float holding 16-bit levels
     ],
 )
 def test_pil_modes_become_rgb(mode: str, value, expected) -> None:
     out = load_image(Image.new(mode, (5, 3), value), LIMIT)
     assert out.mode == "RGB" and out.size == (5, 3)
     assert out.getpixel((2, 1)) == expected
+
+
+def test_float_images_out_of_every_range_are_refused() -> None:
+    with pytest.raises(ImageError, match=r"0\.\.1, 0\.\.255 or 0\.\.65535"):
+        load_image(Image.new("F", (4, 4), 1e6), LIMIT)
+    with pytest.raises(ImageError, match="must lie in"):
+        load_image(Image.new("F", (4, 4), -3.0), LIMIT)
 
 
 def test_palette_with_and_without_transparency() -> None:
