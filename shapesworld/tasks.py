@@ -248,7 +248,7 @@ def _extremes(objs: list[SceneObject]) -> list[tuple[str, SceneObject]]:
         "topmost": lambda o: o.center[1], "lowest": lambda o: -o.center[1],
         "smallest": lambda o: o.area, "largest": lambda o: -o.area,
     }
-    for kind in {o.kind for o in objs}:
+    for kind in sorted({o.kind for o in objs}):  # sorted: set order changes with PYTHONHASHSEED
         group = [o for o in objs if o.kind == kind]
         if len(group) < 2:
             continue

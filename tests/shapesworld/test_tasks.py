@@ -168,3 +168,29 @@ def test_polygon_points_trace_the_mask():
         poly = np.asarray(im, float).reshape(128, 4, 128, 4).mean((1, 3)) > 0.5
         ious.append((poly & o.mask).sum() / (poly | o.mask).sum())
     assert np.mean(ious) > 0.85
+
+
+_DIGEST = """
+import hashlib
+from router.config import load_config
+from router.pipeline import _corpus_tokenizer
+from shapesworld.tasks import corpus
+cfg = load_config("tiny")
+print(hashlib.md5("\\n".join(corpus(300, image_size=64, location_bins=64)).encode()).hexdigest())
+print(hashlib.md5(_corpus_tokenizer(cfg.model.model_dump_json()).backend_tokenizer.to_str().encode()).hexdigest())
+"""
+
+
+def test_samples_and_tokenizer_do_not_depend_on_the_process():
+    """Python salts str hashes per process: any set-of-strings order leaking into the data would make
+    a resumed run (or a second replica) see other samples and other token ids than the first."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True, text=True, check=True)
+        digests.append(out.stdout.split())
+    assert digests[0] == digests[1] == digests[2]
