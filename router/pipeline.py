@@ -477,13 +477,20 @@ def _corpus_tokenizer(config_json: str) -> Any:
     return build_tokenizer(texts, Vocabulary.from_config(cfg), vocab_size=cfg.text.tokenizer_vocab_size)
 
 
-def build_model(config: SuperLinkConfig) -> Any:
-    """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set)."""
+def build_model(config: SuperLinkConfig, tokenizer: Any = None) -> Any:
+    """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set).
+
+    A model built from scratch uses `tokenizer` when given (e.g. the one a training run saved), else
+    the BPE tokenizer trained on the ShapesWorld corpus.
+    """
     import copy
 
     from mllm.modeling import build_model as build_mllm
 
-    tokenizer = None if config.model.pretrained else copy.deepcopy(_corpus_tokenizer(config.model.model_dump_json()))
+    if config.model.pretrained:
+        tokenizer = None
+    elif tokenizer is None:
+        tokenizer = copy.deepcopy(_corpus_tokenizer(config.model.model_dump_json()))
     return build_mllm(config.model, tokenizer)
 
 
@@ -516,12 +523,13 @@ def build_system(
     decoder_builders: Mapping[str, DecoderBuilder] | None = None,
     decoders: Sequence[str] | None = None,
     with_model: bool = True,
+    tokenizer: Any = None,
 ) -> tuple[SuperLinkSystem, Any]:
     """Model + projectors + decoders from `config` (random weights), and the processor."""
     from mllm.processor import SuperLinkProcessor
 
     table, builders = route_table(config, bindings, decoder_builders)
-    model = build_model(config) if with_model else None
+    model = build_model(config, tokenizer) if with_model else None
     hidden = config.model.text.hidden_size if model is None else model.llava.config.text_config.hidden_size
     system = SuperLinkSystem(model, _pick_decoders(config, table, builders, decoders), table, hidden)
     processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None

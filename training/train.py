@@ -44,6 +44,7 @@ from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from training.evaluate import evaluate
 
 CHECKPOINTS = "checkpoints"
+TOKENIZER = "tokenizer"  # the tokenizer the run started with; --resume reuses it
 FINAL = "model"
 LOG = "train_log.jsonl"
 
@@ -251,12 +252,27 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def build_run(cfg: SuperLinkConfig, out: Path) -> Run:
+def run_tokenizer(cfg: SuperLinkConfig, out: Path) -> Any:
+    """The tokenizer a run started with (OUT/tokenizer), so a resumed run keeps its token ids; None if
+    the run saved none (then the config's tokenizer is built, as at the start) or the model is pretrained."""
+    saved = out / TOKENIZER
+    if cfg.model.pretrained or not (saved / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False) -> Run:
     from router.pipeline import build_system
 
     rank, world, device = init_distributed()
     torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every (re)start
-    system, processor = build_system(cfg)
+    system, processor = build_system(cfg, tokenizer=run_tokenizer(cfg, out) if resume else None)
+    if not resume and rank == 0 and system.model is not None and not cfg.model.pretrained:
+        system.model.tokenizer.save_pretrained(str(out / TOKENIZER))
     system.to(device).train()
     flags = {n: p.requires_grad for n, p in system.named_parameters() if group_of(n) == "decoders"}
     return Run(cfg, out, system, processor, device, rank, world, decoder_flags=flags)
@@ -287,7 +303,7 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
     cfg = load_config(config_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = build_run(cfg, out)
+    run = build_run(cfg, out, resume)
     total_steps = sum(s.steps for s in cfg.training.stages)
     start = restore(run) if resume else 0
     if not resume and run.rank == 0:

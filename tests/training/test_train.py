@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from router.config import CONFIG_DIR
 from training.train import (
     CHECKPOINTS,
+    TOKENIZER,
     batch_samples,
     build_optimizer,
     group_of,
@@ -65,6 +66,22 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path):
     assert all("lm" in r and "total" in r for r in logs)
     init = load_file(str(tmp_path / "full" / CHECKPOINTS / "step-00000003" / "weights.safetensors"))
     assert init.keys() == a.keys()
+
+
+def test_resume_keeps_the_tokenizer_the_run_started_with(tmp_path, monkeypatch):
+    import router.pipeline
+
+    cfg = _tiny_run_config(tmp_path)
+    out = tmp_path / "run"
+    train(cfg, out, max_steps=1)
+    saved = (out / TOKENIZER / "tokenizer.json").read_text()
+
+    def no_rebuild(*_args, **_kwargs):  # a resumed run must not train a new tokenizer from the corpus
+        raise AssertionError("resume rebuilt the tokenizer instead of loading OUT/tokenizer")
+
+    monkeypatch.setattr(router.pipeline, "_corpus_tokenizer", no_rebuild)
+    assert train(cfg, out, resume=True)["steps"] == 3
+    assert (out / "model" / "mllm" / "tokenizer.json").read_text() == saved
 
 
 def test_batches_are_a_function_of_seed_and_step(tmp_path, tiny_config):
