@@ -3,8 +3,8 @@
 Both decoders share one design (VisionLLM v2, `modeling_sd.py` / `modeling_instruct_pix2pix.py`):
 a `LinkMapper` turns the route's projected link states into prompt embeddings that replace the
 CLIP text encoder, and a learned null embedding replaces the empty prompt for classifier-free
-guidance. Training is the usual MSE on the configured target (noise, velocity or sample) under a `DDPMScheduler`; inference goes
-through the stock diffusers pipelines fed `prompt_embeds` / `negative_prompt_embeds`
+guidance. Training is the usual MSE on the configured target (noise, velocity or sample) under a
+`DDPMScheduler`; inference goes through the stock diffusers pipelines fed `prompt_embeds` / `negative_prompt_embeds`
 (`StableDiffusionPipeline`, `StableDiffusionInstructPix2PixPipeline`), built once and reused.
 
 Latent space (a tiny or SD-1.5 `AutoencoderKL`) is the default. With `config.latent = False`
@@ -131,10 +131,10 @@ def build_vae(config: DiffusionConfig) -> AutoencoderKL:
 
 
 def default_scheduler_config(config: DiffusionConfig) -> dict[str, Any]:
-    """SD-1.5's noise schedule; steps_offset=1 and no clipping, as the pipelines expect.
+    """SD-1.5's noise schedule without clipping, as the pipelines expect; `prediction_type` from the config.
 
-    `prediction_type` and `zero_terminal_snr` come from the config (zero terminal SNR also spaces the
-    inference steps "trailing", so sampling starts from pure noise).
+    By default steps are spaced "leading" with steps_offset=1 (SD-1.5); with `zero_terminal_snr` the betas
+    are rescaled and the steps spaced "trailing" (offset 0), so sampling starts from pure noise.
     """
     sched = DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,

@@ -259,17 +259,28 @@ def at_scene_size(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
 
 
-def score_generation(scored: Sequence[Scored]) -> float | None:
-    """Oracle reads each [GEN] image; it must hold exactly the described objects. No image scores 0."""
+def _score_first_image(
+    scored: Sequence[Scored], route: str, score: Callable[[np.ndarray, Scored], float]
+) -> float | None:
+    """Mean of `score(image, item)` over the first `route` image of each item; an item without one scores 0."""
     if not scored:
         return None
     hits = 0.0
     for s in scored:
-        images = [im for im in s.response.images if im.route == "GEN"]
+        images = [im for im in s.response.images if im.route == route]
         if images:
-            image = at_scene_size(decode_png(images[0].png_base64), s.sample.targets[0].image.shape[:2])
-            hits += generation_accuracy([image], [s.sample.targets[0].objects])
+            hits += score(decode_png(images[0].png_base64), s)
     return hits / len(scored)
+
+
+def score_generation(scored: Sequence[Scored]) -> float | None:
+    """Oracle reads each [GEN] image; it must hold exactly the described objects. No image scores 0."""
+
+    def score(image: np.ndarray, s: Scored) -> float:
+        target = s.sample.targets[0]
+        return generation_accuracy([at_scene_size(image, target.image.shape[:2])], [target.objects])
+
+    return _score_first_image(scored, "GEN", score)
 
 
 def edit_expectation(sample: TaskSample) -> list[dict[str, Any]]:
@@ -287,14 +298,7 @@ def edit_expectation(sample: TaskSample) -> list[dict[str, Any]]:
 
 def score_editing(scored: Sequence[Scored]) -> float | None:
     """Oracle reads each [EDIT] image: same objects as the target, untouched ones in place. No image scores 0."""
-    if not scored:
-        return None
-    hits = 0.0
-    for s in scored:
-        images = [im for im in s.response.images if im.route == "EDIT"]
-        if images:
-            hits += editing_accuracy([decode_png(images[0].png_base64)], [edit_expectation(s.sample)])
-    return hits / len(scored)
+    return _score_first_image(scored, "EDIT", lambda image, s: editing_accuracy([image], [edit_expectation(s.sample)]))
 
 
 def score_routing(scored: Sequence[Scored]) -> float:

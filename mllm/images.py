@@ -102,14 +102,13 @@ def _int_mode_to_array(im: Image.Image) -> np.ndarray:
     """
     if im.mode == "F":
         a = np.asarray(im, dtype=np.float32)
-        if not a.size or not np.isfinite(a).all() or a.min() < 0 or a.max() <= 1.0:
-            return a  # [0, 1], or refused with the range in the message by _to_uint8
-        scale = 255.0 if a.max() <= 255.0 else 65535.0
-        if a.max() > 65535.0:
-            raise ImageError(
-                f"PIL mode 'F' image has values {a.min():g}..{a.max():g}; accepted ranges 0..1, 0..255 or 0..65535"
-            )
-        return a / scale
+        if a.size and np.isfinite(a).all() and a.min() >= 0 and a.max() > 1.0:  # else [0, 1], or _to_uint8 refuses
+            if a.max() > 65535.0:
+                raise ImageError(
+                    f"PIL mode 'F' image has values {a.min():g}..{a.max():g}; accepted ranges 0..1, 0..255 or 0..65535"
+                )
+            a = a / (255.0 if a.max() <= 255.0 else 65535.0)
+        return a
     a = np.asarray(im.convert("I") if im.mode != "I" else im).astype(np.int64)
     if a.size and (a.min() < 0 or a.max() > 65535):
         raise ImageError(

@@ -258,11 +258,9 @@ def run_tokenizer(cfg: SuperLinkConfig, out: Path) -> Any:
     saved = out / TOKENIZER
     if cfg.model.pretrained or not (saved / "tokenizer.json").is_file():
         return None
-    from transformers import AutoTokenizer
+    from mllm.processor import SuperLinkProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
-    tokenizer.padding_side = "left"
-    return tokenizer
+    return SuperLinkProcessor.from_pretrained(saved, cfg.model).tokenizer
 
 
 def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False) -> Run:
