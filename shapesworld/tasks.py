@@ -19,6 +19,7 @@ import torch
 from scipy import ndimage
 
 from mllm.codec import LocationCodec
+from mllm.localize import DEFAULT_POLYGON_POINTS
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN
 from shapesworld.constants import COLORS, DEFAULT_IMAGE_SIZE, KINDS, NUM_KEYPOINTS, SPLIT_SEEDS
 from shapesworld.scene import (
@@ -37,7 +38,8 @@ TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "detection", "segmentat
                           "native_grounding", "polygon", "keypoints", "generation", "editing", "region", "compound")
 LARGE_SIZES = (0.15, 0.25)  # generation / editing objects: big enough to survive a 32 px generator
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
-POLYGON_POINTS = (6, 8, 10, 12, 16)
+# Polygon answers draw their point count from this range (phrasings without a count use the default).
+POLYGON_POINTS = tuple(range(4, 21))
 
 
 @dataclass
@@ -110,7 +112,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                 "Describe the outline of every {cats} using {n} coordinate pairs.",
                 "Write a polygon of {n} points around each {cats}.", "Return a {n}-vertex polygon for every {cats}.",
                 "Draw a polygon with {n} corners around every {cats}.", "Polygon segmentation of {cats} with {n} points.",
-                "Give the contour of each {cats} as {n} points."),
+                "Give the contour of each {cats} as {n} points.", "Segment each {cats} with a {n}-point polygon.",
+                "Outline every {cats} using {n} vertices.", "Give {n}-vertex outlines of every {cats}.",
+                "Outline each {cats} with a polygon.", "Trace every {cats} as polygons."),
     "keypoints": ("Find the keypoints of every {cats}.", "Estimate the pose of each {cats}.",
                   "Locate the corners of each {cats}.", "Detect the keypoints of {cats}.", "Where are the vertices of each {cats}?",
                   "Give the keypoints for every {cats}.", "Mark the key points of every {cats}.",
@@ -381,6 +385,9 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
     cats = sample_categories(ctx.rng, scene)
     size = (scene.image_size, scene.image_size)
     n = int(_pick(ctx.rng, POLYGON_POINTS))
+    template = _pick(ctx.rng, TEMPLATES[task])
+    if "{n}" not in template:  # "Outline each star with a polygon.": the default point count
+        n = DEFAULT_POLYGON_POINTS
     groups = []
     for k, cat in enumerate(cats):
         for o in sorted((o for o in scene.objects if _matches(o, cat)), key=lambda o: tuple(o.box)):
@@ -389,7 +396,7 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
             else:
                 groups.append(ctx.codec.encode_box(o.box.tolist(), size, cls=k))
     answer = (", ".join(groups) if groups else "none") + "."
-    instruction = _with_image(ctx.template(task, cats=join_words(cats), n=n))
+    instruction = _with_image(template.format(cats=join_words(cats), n=n))
     return TaskSample(task, render(scene), instruction, answer, [], classes=cats, scene=scene)
 
 
