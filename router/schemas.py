@@ -154,7 +154,8 @@ class Detection(Item):
 
 class Polygon(Item):
     label: str
-    points: list[tuple[float, float]]
+    points: list[tuple[float, float]]  # (x, y) pixels of the input image, in order
+    mask: RLE | None = None  # the polygon rasterised on the input image
 
 
 class Point(Item):

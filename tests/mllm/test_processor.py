@@ -343,3 +343,16 @@ def test_tokenizer_without_superlink_tokens_is_refused(proc: SuperLinkProcessor,
     bigger = tiny_config.model.model_copy(update={"routes": {**tiny_config.model.routes, "DEPTH": 4}})
     with pytest.raises(ProcessorError, match=r"tokenizer lacks SuperLink tokens: \[DEPTH\], \[DEPTH_Q\]"):
         SuperLinkProcessor(proc.tokenizer, bigger)
+
+
+def test_localization_reads_the_polygon_count_and_builds_its_constraint(proc: SuperLinkProcessor) -> None:
+    from mllm.localize import LocalizeRequest
+
+    spec = proc.localization("<image>\noutline the red circle using 20 vertices")
+    assert spec == LocalizeRequest("polygon", 20)
+    c = proc.decoding_constraint(spec, num_classes=1)
+    assert c is not None and c.points == 20 and c.bound == 1
+    assert list(c.loc_ids) == proc.tokenizer.convert_tokens_to_ids([f"<loc_{i}>" for i in range(len(c.loc_ids))])
+    assert proc.decoding_constraint(proc.localization("detect the stars"), 1) is None
+    with pytest.raises(ProcessorError, match="supported point counts are 3..64"):
+        proc.localization("Segment each star with a 100-point polygon")
