@@ -99,14 +99,17 @@ def eval_samples(split: str, n: int, seed: int = 0, image_size: int = 128, locat
 
 
 def region_prompt(region: dict[str, Any]) -> RegionPrompt:
-    """A ShapesWorld region dict ({"box"} | {"point"} | {"mask": HxW bool}) -> RegionPrompt on image 0."""
+    """A ShapesWorld region dict ({"box"} | {"point"} | {"mask": HxW bool} | {"scribble", "width"}) -> RegionPrompt
+    on image 0."""
+    if "scribble" in region:
+        return RegionPrompt(scribble={"lines": region["scribble"], "width": region["width"]})
     if "mask" in region:
         return RegionPrompt(mask=mask_to_rle(np.asarray(region["mask"], bool)))
     if "box" in region:
         return RegionPrompt(box=tuple(region["box"]))
     if "point" in region:
         return RegionPrompt(point=tuple(region["point"]))
-    raise ValueError(f"region needs one of box, point or mask; got keys {sorted(region)}")
+    raise ValueError(f"region needs one of box, point, mask or scribble; got keys {sorted(region)}")
 
 
 def to_request(family: str, sample: TaskSample, index: int) -> Request:

@@ -29,11 +29,12 @@ from mllm.config import MLLMConfig
 from mllm.constraints import PolygonConstraint
 from mllm.images import load_image
 from mllm.localize import LocalizeError, LocalizeRequest, localize_request
+from mllm.scribble import DEFAULT_SCRIBBLE_WIDTH, ScribbleError, rasterize_scribble
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary, cls_token, loc_token
 
 IGNORE_INDEX = -100  # label of positions the LM loss skips (torch cross_entropy's default ignore_index)
 USER, ASSISTANT = "USER:", "ASSISTANT:"
-_REGION_KEYS = ("box", "point", "mask")
+_REGION_KEYS = ("box", "point", "mask", "scribble")
 
 
 class ProcessorError(ValueError):
@@ -186,12 +187,20 @@ class SuperLinkProcessor:
     def region_mask(self, region: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
         """A region prompt on an image of original (w, h) -> binary mask (S, S) float32 at the vision resolution."""
         given = [k for k in _REGION_KEYS if region.get(k) is not None]
-        unknown = set(region) - {*_REGION_KEYS, "image"}
-        if len(given) != 1 or unknown:
+        unknown = set(region) - {*_REGION_KEYS, "image", "width"}
+        if len(given) != 1 or unknown or ("width" in region and given != ["scribble"]):
             raise ProcessorError(
-                f"a region prompt needs exactly one of box, point or mask (plus optional 'image'); got keys {sorted(region)}"
+                "a region prompt needs exactly one of box, point, mask or scribble (plus optional 'image', and "
+                f"'width' for a scribble); got keys {sorted(region)}"
             )
         kind = given[0]
+        if kind == "scribble":
+            width = region.get("width")
+            try:
+                mask = rasterize_scribble(region["scribble"], DEFAULT_SCRIBBLE_WIDTH if width is None else width, size)
+            except ScribbleError as err:
+                raise ProcessorError(f"region {err}") from None
+            return self._resize_mask(torch.from_numpy(mask))
         if kind == "box":
             return self._box_mask(region["box"], size)
         if kind == "point":

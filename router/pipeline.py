@@ -387,6 +387,15 @@ def region_dict(region: Any, image: np.ndarray, index: int, k: int) -> dict[str,
             raise RequestError(f"request {index}: regions[{k}].mask has size (h, w) {region.mask.size}, image is {(h, w)}")
         out["mask"] = {"size": list(region.mask.size), "counts": region.mask.counts}
         return out
+    if region.scribble is not None:
+        from mllm.scribble import ScribbleError, check_scribble
+
+        try:
+            lines, width = check_scribble(region.scribble.lines, region.scribble.width, (w, h))
+        except ScribbleError as err:
+            raise RequestError(f"request {index}: regions[{k}]: {err}") from None
+        out.update(scribble=lines, width=width)
+        return out
     xy = region.box if region.box is not None else region.point
     for j, v in enumerate(xy):
         side = w if j % 2 == 0 else h

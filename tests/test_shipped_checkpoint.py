@@ -15,9 +15,10 @@ from router.pipeline import CHECKPOINT_ROOT, SYSTEM_CONFIG
 CKPT = CHECKPOINT_ROOT / "shapes"
 N = 60  # 5 scenes per task family (12 families)
 MAX_BYTES = 40 * 1024 * 1024
-# Achieved by the shipped checkpoint at N = 55 (routing 1.0, phrase 0.80, [DET] AP 0.49, [SEG] AP 0.36,
-# class-agnostic [DET] AP 0.41, VQA 1.0, caption F1 0.21; see EVAL.md) minus a margin. Metrics it does not
-# yet score clearly above 0 (generation, editing, region, native boxes, keypoints) have no floor.
+# Achieved by the shipped checkpoint at N = 60 (routing 0.98, phrase 0.80, [DET] AP 0.49, [SEG] AP 0.36,
+# class-agnostic [DET] AP 0.41, VQA 1.0, caption F1 0.21; see EVAL.md; the first 11 families' scenes are those
+# of N = 55 before the polygon family was added) minus a margin. Metrics it does not yet score clearly above 0
+# (generation, editing, region, native boxes, keypoints, polygon AP) have no floor.
 FLOORS: dict[str, float] = {
     "routing_acc": 0.90,
     "phrase_acc": 0.65,
