@@ -13,7 +13,7 @@ region_acc (answers about a <region> prompt), det_ap_agnostic (class-agnostic [D
 alone) and phrase_acc (routed phrases equal to the reference ones) are diagnostics beyond the issue's list.
 
 `n` is the TOTAL number of scenes, dealt round-robin over the task families in `FAMILIES`
-(n=200 gives 18 or 19 scenes per family). Scene k of family f is drawn from
+(n=200 gives 16 or 17 scenes per family). Scene k of family f is drawn from
 `SeedSequence([SPLIT_SEEDS[split], seed, f, k])`: it never changes, does not depend on `n`
 (a larger n only adds scenes), and never coincides with a training sample (those use integer seeds).
 
