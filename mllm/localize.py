@@ -6,6 +6,10 @@ Rules (answer conventions in mllm.vocab):
   4 bare location tokens               grounding box for the phrase before it (4k tokens: k boxes)
   2 bare location tokens               point for the phrase before it
 Malformed groups never crash a response: they are collected in `errors` (or raise with strict=True).
+
+Instructions: `parse_class_list` reads the categories to bind to class slots, `localize_request` whether
+polygons are wanted and with how many points ("Segment each star with a 12-point polygon" -> polygon, 12;
+DEFAULT_POLYGON_POINTS when none is named; POLYGON_MIN_POINTS..POLYGON_MAX_POINTS or a LocalizeError).
 """
 
 from __future__ import annotations
