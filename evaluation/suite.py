@@ -3,13 +3,17 @@
     evaluate_model("shapes", split="val", n=200)
     -> {"det_ap": .., "det_ap50": .., "native_det_ap": .., "seg_ap": .., "grd_acc50": .., "pose_ap": ..,
         "vqa_acc": .., "caption_f1": .., "gen_acc": .., "edit_acc": .., "routing_acc": .., "region_acc": ..,
-        "det_ap_agnostic": .., "phrase_acc": .., "n": 200, "wall_s": ..}
+        "det_ap_agnostic": .., "phrase_acc": .., "poly_ap": .., "poly_count_ok": .., "n": 200, "wall_s": ..}
+
+poly_ap is the mask AP (pycocotools) of the native polygons, rasterised, against the instance masks;
+poly_count_ok the fraction of polygons the model wrote (class slot + location tokens) that have exactly
+the point count the instruction asked for.
 
 region_acc (answers about a <region> prompt), det_ap_agnostic (class-agnostic [DET] box AP: localisation
 alone) and phrase_acc (routed phrases equal to the reference ones) are diagnostics beyond the issue's list.
 
 `n` is the TOTAL number of scenes, dealt round-robin over the task families in `FAMILIES`
-(n=200 gives 18 or 19 scenes per family). Scene k of family f is drawn from
+(n=200 gives 16 or 17 scenes per family). Scene k of family f is drawn from
 `SeedSequence([SPLIT_SEEDS[split], seed, f, k])`: it never changes, does not depend on `n`
 (a larger n only adds scenes), and never coincides with a training sample (those use integer seeds).
 
@@ -47,19 +51,20 @@ from router.schemas import Options, RegionPrompt, Request, Response
 from shapesworld.constants import SPLIT_SEEDS
 from shapesworld.tasks import TaskSample, make_sample
 
+# New families go at the END: a family's scene seeds depend on its position here.
 FAMILIES: tuple[str, ...] = ("detection", "segmentation", "native_detection", "grounding", "keypoints", "vqa",
-                             "caption", "generation", "editing", "region", "compound")
+                             "caption", "generation", "editing", "region", "compound", "polygon")
 # Longest answer each family needs (native detection writes 5 tokens + a separator per object).
 MAX_NEW_TOKENS: dict[str, int] = {"detection": 48, "segmentation": 48, "native_detection": 128, "grounding": 32,
                                   "keypoints": 48, "vqa": 16, "caption": 64, "generation": 24, "editing": 24,
-                                  "region": 16, "compound": 96}
+                                  "region": 16, "compound": 96, "polygon": 320}
 PHRASE_FAMILIES = ("detection", "segmentation", "grounding", "keypoints")
 AGNOSTIC = "object"  # the one category of class-agnostic AP
 AP_THRESHOLD = 0.05  # AP needs the low-score tail of the precision-recall curve
 AP_FAMILIES = ("detection", "segmentation", "keypoints", "compound")
 METRIC_KEYS: tuple[str, ...] = ("det_ap", "det_ap50", "native_det_ap", "seg_ap", "grd_acc50", "pose_ap", "vqa_acc",
                                 "caption_f1", "gen_acc", "edit_acc", "routing_acc", "region_acc", "det_ap_agnostic",
-                                "phrase_acc")
+                                "phrase_acc", "poly_ap", "poly_count_ok")
 _ROUTE_RE = re.compile(r"\[([A-Z]+)\]")
 
 
@@ -94,14 +99,17 @@ def eval_samples(split: str, n: int, seed: int = 0, image_size: int = 128, locat
 
 
 def region_prompt(region: dict[str, Any]) -> RegionPrompt:
-    """A ShapesWorld region dict ({"box"} | {"point"} | {"mask": HxW bool}) -> RegionPrompt on image 0."""
+    """A ShapesWorld region dict ({"box"} | {"point"} | {"mask": HxW bool} | {"scribble", "width"}) -> RegionPrompt
+    on image 0."""
+    if "scribble" in region:
+        return RegionPrompt(scribble={"lines": region["scribble"], "width": region["width"]})
     if "mask" in region:
         return RegionPrompt(mask=mask_to_rle(np.asarray(region["mask"], bool)))
     if "box" in region:
         return RegionPrompt(box=tuple(region["box"]))
     if "point" in region:
         return RegionPrompt(point=tuple(region["point"]))
-    raise ValueError(f"region needs one of box, point or mask; got keys {sorted(region)}")
+    raise ValueError(f"region needs one of box, point, mask or scribble; got keys {sorted(region)}")
 
 
 def to_request(family: str, sample: TaskSample, index: int) -> Request:
@@ -228,6 +236,47 @@ def score_native(scored: Sequence[Scored], location_bins: int) -> dict[str, floa
     return _ap(gts, preds, cats, "bbox")
 
 
+def requested_points(sample: TaskSample) -> int | None:
+    """The polygon point count a sample's instruction asks for, read as the pipeline reads it."""
+    from mllm.localize import localize_request
+
+    return localize_request(sample.instruction).points
+
+
+def score_polygons(scored: Sequence[Scored]) -> dict[str, float] | None:
+    """Mask AP of the response's native polygons (their rasterised masks) against the instance masks of the
+    categories each sample asked for; class slots bind to those categories."""
+    cats = sorted({c for s in scored for c in s.sample.classes})
+    gts, preds = [], []
+    for i, s in enumerate(scored):
+        objs = [(c, o) for c in s.sample.classes for o in objects_of_category(s.sample, c)]
+        w, h = _image_size(s.sample)
+        gts.append(GtImage(width=w, height=h, image_id=i + 1,
+                           boxes=np.asarray([o.box for _, o in objs], np.float32).reshape(-1, 4),
+                           labels=[c for c, _ in objs], masks=np.asarray([o.mask for _, o in objs], bool).reshape(-1, h, w)))
+        kept = [p for p in s.response.polygons if p.label in cats and p.mask is not None]
+        if kept:
+            masks = np.stack([rle_to_mask(p.mask) for p in kept])
+            boxes = np.asarray([[*np.min(p.points, 0), *np.max(p.points, 0)] for p in kept], float)
+            preds += coco_results(i + 1, boxes, [1.0] * len(kept), [p.label for p in kept], masks=masks, categories=cats)
+    return _ap(gts, preds, cats, "segm")
+
+
+_POLYGON_GROUP_RE = re.compile(r"<cls_\d+>((?:\s*<loc_\d+>)+)")
+
+
+def score_polygon_counts(scored: Sequence[Scored]) -> float | None:
+    """Fraction of the polygons written in the raw answers (a class slot followed by location tokens) whose
+    point count is exactly the requested one; None when no answer held a polygon."""
+    ok = total = 0
+    for s in scored:
+        want = requested_points(s.sample)
+        for m in _POLYGON_GROUP_RE.finditer(s.response.raw_text):
+            total += 1
+            ok += m.group(1).count("<loc_") == 2 * want
+    return ok / total if total else None
+
+
 def score_grounding(scored: Sequence[Scored]) -> float | None:
     """Acc@0.5 of the best-scoring [GRD] box per sample."""
     if not scored:
@@ -331,6 +380,7 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
     seg = score_routed(fam["segmentation"], "SEG", "segm") if fam["segmentation"] else None
     pose = score_routed(fam["keypoints"], "POSE", "keypoints") if fam["keypoints"] else None
     native = score_native(fam["native_detection"], location_bins) if fam["native_detection"] else None
+    poly = score_polygons(fam["polygon"]) if fam["polygon"] else None
     return {
         "det_ap": det and det["ap"],
         "det_ap50": det and det["ap50"],
@@ -346,6 +396,8 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
         "region_acc": score_text(fam["region"], vqa_accuracy, lambda s: s.answer),
         "det_ap_agnostic": det_any and det_any["ap"],
         "phrase_acc": score_phrases(scored),
+        "poly_ap": poly and poly["ap"],
+        "poly_count_ok": score_polygon_counts(fam["polygon"]),
     }
 
 

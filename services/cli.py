@@ -61,12 +61,21 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
     max_new_tokens: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int | None, typer.Option()] = None,
+    scribble: Annotated[list[str] | None, typer.Option(
+        "--scribble", help="a scribble region prompt on the first image: pixel points 'x,y x,y ...' "
+        "(repeat for more polylines); the instruction marks it with <region>")] = None,
+    scribble_width: Annotated[float, typer.Option(help="scribble pen width in pixels")] = 4.0,
 ) -> None:
-    """Run one instruction on images; answers, or refuses with a clear message."""
+    """Run one instruction on images; answers, or refuses with a clear message.
+
+    Polygons on request: "Outline each star with a 12-point polygon." Scribbles:
+    superlink run --image scene.png --scribble "10,12 30,40 52,41" "What is in <region>?"
+    """
     from services.runner import run_once
 
     code = run_once(instruction, images=list(image or []), model=model, out=out, as_json=as_json,
-                    max_new_tokens=max_new_tokens, seed=seed)
+                    max_new_tokens=max_new_tokens, seed=seed, scribble=list(scribble or []),
+                    scribble_width=scribble_width)
     raise typer.Exit(code)
 
 

@@ -64,6 +64,9 @@ def _target_json(t: RouteTarget, out: Path, stem: str) -> dict:
 def _region_json(region: dict) -> dict:
     if "mask" in region:
         return {"mask": rle_encode(np.asarray(region["mask"], bool))}
+    if "scribble" in region:
+        return {"scribble": [[[float(x), float(y)] for x, y in line] for line in region["scribble"]],
+                "width": float(region["width"])}
     return {k: [float(v) for v in val] for k, val in region.items()}
 
 

@@ -19,6 +19,8 @@ import torch
 from scipy import ndimage
 
 from mllm.codec import LocationCodec
+from mllm.localize import DEFAULT_POLYGON_POINTS
+from mllm.scribble import rasterize_scribble
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN
 from shapesworld.constants import COLORS, DEFAULT_IMAGE_SIZE, KINDS, NUM_KEYPOINTS, SPLIT_SEEDS
 from shapesworld.scene import (
@@ -34,10 +36,12 @@ from shapesworld.scene import (
 )
 
 TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "detection", "segmentation", "native_detection",
-                          "native_grounding", "polygon", "keypoints", "generation", "editing", "region", "compound")
+                          "native_grounding", "polygon", "keypoints", "generation", "editing", "region", "compound",
+                          "scribble")
 LARGE_SIZES = (0.15, 0.25)  # generation / editing objects: big enough to survive a 32 px generator
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
-POLYGON_POINTS = (6, 8, 10, 12, 16)
+# Polygon answers draw their point count from this range (phrasings without a count use the default).
+POLYGON_POINTS = tuple(range(4, 21))
 
 
 @dataclass
@@ -58,7 +62,8 @@ class TaskSample:
     instruction: str  # starts with "<image>\n" when there is an image; "<region>" marks each region prompt
     answer: str
     targets: list[RouteTarget]
-    regions: list[dict] = field(default_factory=list)  # {"box": [x1,y1,x2,y2]} | {"point": [x,y]} | {"mask": HxW}
+    # {"box": [x1,y1,x2,y2]} | {"point": [x,y]} | {"mask": HxW} | {"scribble": [[[x,y], ...], ...], "width": px}
+    regions: list[dict] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)  # <cls_i> means classes[i]
     scene: Scene | None = None
 
@@ -110,7 +115,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                 "Describe the outline of every {cats} using {n} coordinate pairs.",
                 "Write a polygon of {n} points around each {cats}.", "Return a {n}-vertex polygon for every {cats}.",
                 "Draw a polygon with {n} corners around every {cats}.", "Polygon segmentation of {cats} with {n} points.",
-                "Give the contour of each {cats} as {n} points."),
+                "Give the contour of each {cats} as {n} points.", "Segment each {cats} with a {n}-point polygon.",
+                "Outline every {cats} using {n} vertices.", "Give {n}-vertex outlines of every {cats}.",
+                "Outline each {cats} with a polygon.", "Trace every {cats} as polygons."),
     "keypoints": ("Find the keypoints of every {cats}.", "Estimate the pose of each {cats}.",
                   "Locate the corners of each {cats}.", "Detect the keypoints of {cats}.", "Where are the vertices of each {cats}?",
                   "Give the keypoints for every {cats}.", "Mark the key points of every {cats}.",
@@ -153,6 +160,7 @@ TASK_TEMPLATES: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_count_kind", "vqa_count_color", "vqa_color", "vqa_shape", "vqa_exists", "vqa_side", "vqa_height"),
     "editing": ("edit_recolor", "edit_remove", "edit_add", "edit_move"),
     "region": ("region_what", "region_color", "region_shape"),
+    "scribble": ("region_what", "region_color", "region_shape"),
     "compound": ("compound2", "compound3"),
 }
 
@@ -381,6 +389,9 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
     cats = sample_categories(ctx.rng, scene)
     size = (scene.image_size, scene.image_size)
     n = int(_pick(ctx.rng, POLYGON_POINTS))
+    template = _pick(ctx.rng, TEMPLATES[task])
+    if "{n}" not in template:  # "Outline each star with a polygon.": the default point count
+        n = DEFAULT_POLYGON_POINTS
     groups = []
     for k, cat in enumerate(cats):
         for o in sorted((o for o in scene.objects if _matches(o, cat)), key=lambda o: tuple(o.box)):
@@ -389,7 +400,7 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
             else:
                 groups.append(ctx.codec.encode_box(o.box.tolist(), size, cls=k))
     answer = (", ".join(groups) if groups else "none") + "."
-    instruction = _with_image(ctx.template(task, cats=join_words(cats), n=n))
+    instruction = _with_image(template.format(cats=join_words(cats), n=n))
     return TaskSample(task, render(scene), instruction, answer, [], classes=cats, scene=scene)
 
 
@@ -475,11 +486,13 @@ def _edit(ctx: _Ctx, source: Scene) -> tuple[str, Scene] | None:
     return (text, scene) if scene_is_valid(scene) else None
 
 
-def make_region(ctx: _Ctx) -> TaskSample:
+def make_region(ctx: _Ctx, kinds: Sequence[str] = ("box", "point", "mask"), task: str = "region") -> TaskSample:
     scene = ctx.scene()
     o = _pick(ctx.rng, scene.objects)
-    kind = _pick(ctx.rng, ("box", "point", "mask"))
-    if kind == "box":
+    kind = _pick(ctx.rng, kinds)
+    if kind == "scribble":
+        region: dict = scribble_on(o.mask, ctx.rng)
+    elif kind == "box":
         region: dict = {"box": o.box.tolist()}
     elif kind == "point":
         depth = ndimage.distance_transform_edt(np.pad(o.mask, 1))[1:-1, 1:-1]
@@ -490,7 +503,24 @@ def make_region(ctx: _Ctx) -> TaskSample:
     key = _pick(ctx.rng, TASK_TEMPLATES["region"])
     answer = {"region_what": counted(1, o.color, o.kind), "region_color": o.color, "region_shape": o.kind}[key]
     instruction = _with_image(ctx.template(key, region=REGION_TOKEN))
-    return TaskSample("region", render(scene), instruction, answer, [], regions=[region], scene=scene)
+    return TaskSample(task, render(scene), instruction, answer, [], regions=[region], scene=scene)
+
+
+def scribble_on(mask: np.ndarray, rng: np.random.Generator, tries: int = 10) -> dict:
+    """A scribble region prompt on an object: a 2..4-point polyline through its interior, drawn 2..5 px wide,
+    kept when at least 80% of its pixels fall on the object; else a dot at the object's deepest point."""
+    width = float(rng.integers(2, 6))
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    h, w = mask.shape
+    inside = np.argwhere(depth >= max(width / 2, 1.0))  # (n, 2) y, x where the pen stays on the object
+    for _ in range(tries if len(inside) >= 2 else 0):
+        pick = inside[rng.choice(len(inside), size=int(rng.integers(2, 5)), replace=len(inside) < 4)]
+        line = [[float(x) + 0.5, float(y) + 0.5] for y, x in pick[np.argsort(pick[:, 1])]]
+        drawn = rasterize_scribble([line], width, (w, h))
+        if (drawn & mask).sum() >= 0.8 * drawn.sum():
+            return {"scribble": [line], "width": width}
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    return {"scribble": [[[float(x) + 0.5, float(y) + 0.5]]], "width": width}
 
 
 def make_compound(ctx: _Ctx) -> TaskSample:
@@ -544,6 +574,7 @@ BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {
     "generation": make_generation,
     "editing": make_editing,
     "region": make_region,
+    "scribble": lambda ctx: make_region(ctx, ("scribble",), "scribble"),
     "compound": make_compound,
 }
 

@@ -77,3 +77,16 @@ def test_export_is_deterministic(exported, tmp_path):
     again = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert first == again
     assert Path(tmp_path / "images").is_dir()
+
+
+def test_scribble_regions_export_as_json():
+    import json
+
+    import numpy as np
+
+    from shapesworld.export import _region_json
+    from shapesworld.tasks import make_sample
+
+    region = make_sample("scribble", np.random.default_rng(0)).regions[0]
+    out = json.loads(json.dumps(_region_json(region)))
+    assert out["width"] == region["width"] and out["scribble"] == [[list(p) for p in line] for line in region["scribble"]]
