@@ -335,7 +335,7 @@ HELDOUT_SHARE = 0.35  # "heldout": chance that a choice point with held-out opti
 @dataclass
 class Wording:
     text: str  # the instruction (without the "<image>\n" prefix the task adds)
-    heldout: list[str] = field(default_factory=list)  # held-out choices used, e.g. ["det_verb:spot", "casing:title"]
+    heldout: list[str] = field(default_factory=list)  # held-out choices used, e.g. ["det_verb=spot", "casing=title"]
 
 
 class _Sampler:
@@ -358,7 +358,7 @@ class _Sampler:
             w = (1 - HELDOUT_SHARE) * w + HELDOUT_SHARE * held / held.sum()
         k = int(self.rng.choice(len(w), p=w))
         if held[k]:
-            self.used.append(f"{axis}:{labels[k]}")
+            self.used.append(f"{axis}={labels[k]}")
         return k
 
     def choose(self, alt: _Alt, slots: Mapping[str, str], axis: str) -> str:
@@ -442,7 +442,7 @@ def _typo(text: str, s: _Sampler, forced: str | None = None) -> str:
     names = [t[0] for t in TYPOS]
     if forced is not None:
         k = names.index(forced)
-        s.used.append(f"typo:{forced}")
+        s.used.append(f"typo={forced}")
     else:
         k = s.pick("typo", names, [t[2] for t in TYPOS])
     return text[: w.start()] + TYPOS[k][1](w.group(0), s.rng) + text[w.end() :]
@@ -452,7 +452,7 @@ def clause(key: str, rng: np.random.Generator, mode: str, **slots: object) -> Wo
     """A compound clause: an imperative core, lower case, no frame; slot values stay marked for `render`."""
     s = _Sampler(rng, mode)
     cores = _cores(key)
-    k = s.pick(f"{key}:pattern", [p for p, _, _ in cores], [h for _, h, _ in cores])
+    k = s.pick("pattern", [p for p, _, _ in cores], [h for _, h, _ in cores])
     return Wording(s.expand(parse(cores[k][0]), {n: _protect(v) for n, v in slots.items()}, key), s.used)
 
 
@@ -491,7 +491,7 @@ def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: 
     names = [c for c, *_ in CASINGS]
     if force_casing is not None:
         casing = force_casing
-        s.used.append(f"casing:{casing}")
+        s.used.append(f"casing={casing}")
     else:
         casing = names[s.pick("casing", names, [h for _, h, _ in CASINGS], [w for *_, w in CASINGS])]
     text = _recase(text, casing)

@@ -66,8 +66,8 @@ def test_training_path_draws_from_the_training_grammar(tiny_config):
 
     samples = [s for step in range(6) for s in batch_samples(tiny_config, step, 0, 0)]
     assert all(s.heldout_wording == [] for s in samples)
-    templates = {t for key in TEMPLATES for t in TEMPLATES[key]}
-    assert any(_text(s) not in {t.split("{")[0] for t in templates} for s in samples)
+    templates = [_template_regex(t) for key in TEMPLATES for t in TEMPLATES[key]]
+    assert sum(not any(re.fullmatch(t, _text(s)) for t in templates) for s in samples) >= len(samples) // 3
     assert len({_text(s) for s in samples}) >= 0.7 * len(samples)
 
 
@@ -76,7 +76,7 @@ def test_every_heldout_sample_uses_a_heldout_choice(heldout_samples):
     for task, samples in heldout_samples.items():
         for s in samples:
             assert s.heldout_wording, (task, s.instruction)
-            axes |= {h.split(":")[0] for h in s.heldout_wording}
+            axes |= {h.split("=")[0] for h in s.heldout_wording}
     assert {"pattern", "det_verb", "pre", "post", "end", "casing", "typo", "then"} <= axes
 
 
