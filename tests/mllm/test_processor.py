@@ -343,3 +343,18 @@ def test_tokenizer_without_superlink_tokens_is_refused(proc: SuperLinkProcessor,
     bigger = tiny_config.model.model_copy(update={"routes": {**tiny_config.model.routes, "DEPTH": 4}})
     with pytest.raises(ProcessorError, match=r"tokenizer lacks SuperLink tokens: \[DEPTH\], \[DEPTH_Q\]"):
         SuperLinkProcessor(proc.tokenizer, bigger)
+
+
+def test_uncased_processor_reads_every_casing_alike(tiny_config) -> None:
+    tok = build_tokenizer(CORPUS, Vocabulary.from_config(tiny_config.model), vocab_size=300)
+    cased = SuperLinkProcessor(tok, tiny_config.model)
+    text = tiny_config.model.text.model_copy(update={"lowercase_instructions": True})
+    uncased = SuperLinkProcessor(tok, tiny_config.model.model_copy(update={"text": text}))
+    wordings = ["Describe the image.", "describe the image.", "DESCRIBE THE IMAGE.", "Describe The Image."]
+    assert len({tuple(uncased.encode_row(w, 1).input_ids) for w in wordings}) == 1
+    assert len({tuple(cased.encode_row(w, 1).input_ids) for w in wordings}) == 4
+    row = uncased.encode_row("Detect Red Circle", 1, "Sure, red circle [DET].")
+    ref = cased.encode_row("detect red circle", 1, "Sure, red circle [DET].")
+    assert row.input_ids == ref.input_ids and row.labels == ref.labels  # the answer keeps its "Sure"
+    with pytest.raises(ProcessorError, match="DET"):
+        uncased.encode_row("find [DET]", 1)
