@@ -393,20 +393,18 @@ def _unmark(text: str) -> str:
     return re.sub(f"[{_MARKS}]", "", text)
 
 
-def _cores(key: str) -> list[tuple[str, bool, str]]:
+def _cores(key: str, templates: Sequence[str] = ()) -> list[tuple[str, bool, str]]:
     """(pattern, held out, kind) of a key; kind is "imp" (takes a politeness frame), "own" (has its own) or "q".
 
     A clause key (compound part) gets its family's imperatives that can stand inside a sentence;
-    a key without grammar (polygon) uses its templates.
+    a key without grammar (polygon) uses its templates, `templates`.
     """
-    from shapesworld.tasks import TEMPLATES
-
     family = CLAUSE_OF.get(key)
     cores = CORES.get(family or key)
     if cores is None:
-        if key not in TEMPLATES:
+        if not templates:
             raise KeyError(f"no grammar and no templates for {key!r}")
-        lower = [t[:1].lower() + t[1:] if not t.startswith("I ") else t for t in TEMPLATES[key]]
+        lower = [t[:1].lower() + t[1:] if not t.startswith("I ") else t for t in templates]
         cores = Cores(tuple(t.rstrip(".") for t in lower if not t.endswith("?")), tuple(t for t in lower if t.endswith("?")))
     out = []
     for p in cores.imperative:
@@ -451,32 +449,33 @@ def _typo(text: str, s: _Sampler, forced: str | None = None) -> str:
 def clause(key: str, rng: np.random.Generator, mode: str, **slots: object) -> Wording:
     """A compound clause: an imperative core, lower case, no frame; slot values stay marked for `render`."""
     s = _Sampler(rng, mode)
-    cores = _cores(key)
+    cores = _cores(key)  # clause keys always have a grammar (CLAUSE_OF)
     k = s.pick("pattern", [p for p, _, _ in cores], [h for _, h, _ in cores])
     return Wording(s.expand(parse(cores[k][0]), {n: _protect(v) for n, v in slots.items()}, key), s.used)
 
 
 def render(key: str, rng: np.random.Generator, mode: str, template: str | None = None,
-           clause_heldout: Sequence[str] = (), **slots: object) -> Wording:
+           clause_heldout: Sequence[str] = (), templates: Sequence[str] = (), **slots: object) -> Wording:
     """One instruction for template key `key` in `mode` ("train" or "heldout").
 
     `template` is the already-filled template wording, used verbatim for TEMPLATE_SHARE of "train" samples.
-    `clause_heldout` lists held-out choices already made inside compound clauses (passed in `slots`).
+    `clause_heldout` lists held-out choices already made inside compound clauses (passed in `slots`);
+    `templates` are the key's template wordings, the patterns of a key without grammar of its own (polygon).
     """
     if mode == "train" and template is not None and rng.random() < TEMPLATE_SHARE:
         return Wording(_unmark(template))
     for _ in range(20):
-        w = _render_once(key, rng, mode, clause_heldout, slots)
+        w = _render_once(key, rng, mode, clause_heldout, templates, slots)
         if mode == "train" or w.heldout:
             return w
-    return _render_once(key, rng, mode, clause_heldout, slots, force_casing="title")  # rare: nothing came up
+    return _render_once(key, rng, mode, clause_heldout, templates, slots, force_casing="title")  # rare: nothing came up
 
 
 def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: Sequence[str],
-                 slots: Mapping[str, object], force_casing: str | None = None) -> Wording:
+                 templates: Sequence[str], slots: Mapping[str, object], force_casing: str | None = None) -> Wording:
     s = _Sampler(rng, mode)
     s.used += list(clause_heldout)
-    cores = _cores(key)
+    cores = _cores(key, templates)
     k = s.pick("pattern", [p for p, _, _ in cores], [h for _, h, _ in cores])
     text = s.expand(parse(cores[k][0]), {n: _protect(v) for n, v in slots.items()}, key)
     if cores[k][2] == "imp":  # a politeness frame around it ("please" at most once)
@@ -503,8 +502,8 @@ def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: 
     return Wording(_unmark(text), s.used)
 
 
-def heldout_words() -> list[str]:
-    """Words of held-out alternatives that no training alternative uses (for tests and reports)."""
+def heldout_words(templates: Mapping[str, Sequence[str]]) -> list[str]:
+    """Words of held-out alternatives that no training alternative (nor template in `templates`) uses."""
     train_text: list[str] = []
     held_text: list[str] = []
 
@@ -521,8 +520,6 @@ def heldout_words() -> list[str]:
     for key in [*CORES, *CLAUSE_OF]:
         for pattern, h, _ in _cores(key):
             walk(parse(pattern), h)
-    from shapesworld.tasks import TEMPLATES
-
-    train_text += [t for ts in TEMPLATES.values() for t in ts]  # template wordings are training wordings
+    train_text += [t for ts in templates.values() for t in ts]  # template wordings are training wordings
     train = set(re.findall(r"[a-z']+", " ".join(train_text).lower()))
     return sorted({w for w in re.findall(r"[a-z']+", " ".join(held_text).lower()) if w not in train})

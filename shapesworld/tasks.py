@@ -336,7 +336,7 @@ class _Ctx:
         text = _pick(self.rng, TEMPLATES[key]).format(**kw)
         if self.wording == "template":
             return text
-        w = grammar.render(key, _derived_rng(self.rng, key), self.wording, template=text, **kw)
+        w = grammar.render(key, _derived_rng(self.rng, key), self.wording, template=text, templates=TEMPLATES[key], **kw)
         self.heldout += w.heldout
         return w.text
 
