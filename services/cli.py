@@ -28,11 +28,17 @@ def world_export(
     n: Annotated[int, typer.Option(help="number of scenes")] = 100,
     seed: Annotated[int, typer.Option(help="base seed")] = 0,
     image_size: Annotated[int, typer.Option(help="scene side in pixels")] = 128,
+    wording: Annotated[str, typer.Option(help="instruction wording: template, train or heldout (the grammar's "
+                                         "held-out part, never trained on)")] = "template",
 ) -> None:
     """Write images, COCO instances JSON and a JSONL of task samples."""
     from shapesworld.export import export_split
 
-    summary = export_split(split=split, n=n, seed=seed, out=out, image_size=image_size)
+    try:
+        summary = export_split(split=split, n=n, seed=seed, out=out, image_size=image_size, wording=wording)
+    except ValueError as err:
+        typer.echo(f"superlink world export: {err}", err=True)
+        raise typer.Exit(2) from None
     _print_json_last(summary, as_json=False)
 
 
