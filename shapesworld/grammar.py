@@ -308,7 +308,7 @@ def _alt(options: list) -> _Alt:
     return _Alt(tuple(seqs), tuple(held), tuple(labels))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parse(pattern: str) -> tuple[object, ...]:
     """A pattern -> its node sequence (a plain tuple of str, _Alt, _Ref and _Slot)."""
     tokens = _TOKEN_RE.findall(pattern)
@@ -318,7 +318,7 @@ def parse(pattern: str) -> tuple[object, ...]:
     return nodes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared(name: str) -> _Alt:
     if name not in SHARED:
         raise KeyError(f"unknown production <{name}>; known: {', '.join(SHARED)}")

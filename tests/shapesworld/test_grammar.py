@@ -8,7 +8,7 @@ import pytest
 
 from mllm.localize import parse_class_list
 from shapesworld import grammar
-from shapesworld.tasks import TASKS, TEMPLATES, TASK_TEMPLATES, make_sample
+from shapesworld.tasks import TASK_TEMPLATES, TASKS, TEMPLATES, make_sample
 
 N = 24  # samples per task and wording
 SLOT_WORDS = {"up", "down", "'s"}  # held-out-only in the grammar's literal text, but slot values or suffixes too
