@@ -21,6 +21,14 @@ Every sample runs through the real path: Request -> Pipeline (batched routed gen
 link events -> decoders) -> Response. Nothing is teacher-forced unless `teacher_force=True`
 (tests and the random-weight demo use that to check the scoring itself).
 A metric whose family got no scorable sample is None.
+
+Wording (`wording=`): "template" scores the samples worded from the fixed template lists (the keys above,
+unchanged); "heldout" scores the SAME scenes and requests worded with the grammar's held-out part
+(shapesworld.grammar: verbs, nouns, politeness frames, connectors, word orders, Title Case, end marks and
+typos the training sampler never produces), reported as `<key>_heldout_wording` (routing_acc_heldout_wording,
+det_ap_heldout_wording, vqa_acc_heldout_wording, caption_f1_heldout_wording, ...) with
+`routing_by_heldout_axis` (routing accuracy of the held-out samples that used each kind of held-out choice:
+casing, pre, det_verb, ...); "both" reports both sets.
 """
 
 from __future__ import annotations
@@ -66,6 +74,9 @@ METRIC_KEYS: tuple[str, ...] = ("det_ap", "det_ap50", "native_det_ap", "seg_ap",
                                 "caption_f1", "gen_acc", "edit_acc", "routing_acc", "region_acc", "det_ap_agnostic",
                                 "phrase_acc", "poly_ap", "poly_count_ok")
 _ROUTE_RE = re.compile(r"\[([A-Z]+)\]")
+HELDOUT = "_heldout_wording"  # suffix of the metrics on held-out wordings
+HELDOUT_METRIC_KEYS: tuple[str, ...] = tuple(k + HELDOUT for k in METRIC_KEYS)
+EVAL_WORDINGS: tuple[str, ...] = ("template", "heldout", "both")
 
 
 @dataclass
@@ -79,8 +90,13 @@ class Scored:
 
 # ---- samples and requests ------------------------------------------------------------------------
 def eval_samples(split: str, n: int, seed: int = 0, image_size: int = 128, location_bins: int = 1000,
-                 families: Sequence[str] = FAMILIES) -> list[tuple[str, TaskSample]]:
-    """`n` (family, sample) pairs, round-robin over `families`, grouped by family."""
+                 families: Sequence[str] = FAMILIES, wording: str = "template") -> list[tuple[str, TaskSample]]:
+    """`n` (family, sample) pairs, round-robin over `families`, grouped by family, worded as `wording`.
+
+    The scenes and requests do not depend on the wording ("template" or "heldout"), only the instructions do.
+    """
+    if wording not in ("template", "heldout"):
+        raise ValueError(f"unknown evaluation wording {wording!r}; accepted: template, heldout")
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLIT_SEEDS)}")
     unknown = [f for f in families if f not in FAMILIES]
@@ -94,7 +110,7 @@ def eval_samples(split: str, n: int, seed: int = 0, image_size: int = 128, locat
         count = n // len(families) + (i < n % len(families))
         for k in range(count):
             rng = np.random.default_rng(np.random.SeedSequence([SPLIT_SEEDS[split], seed, f, k]))
-            out.append((family, make_sample(family, rng, image_size, location_bins)))
+            out.append((family, make_sample(family, rng, image_size, location_bins, wording=wording)))
     return out
 
 
@@ -403,31 +419,57 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
 
 # ---- entry points --------------------------------------------------------------------------------
 def evaluate_pipeline(pipe: Any, split: str = "val", n: int = 50, seed: int = 0, batch_size: int = 16,
-                      teacher_force: bool = False, families: Sequence[str] = FAMILIES) -> dict[str, Any]:
-    """Every metric of an already-built Pipeline on `n` fixed ShapesWorld scenes (see module docstring)."""
+                      teacher_force: bool = False, families: Sequence[str] = FAMILIES,
+                      wording: str = "template") -> dict[str, Any]:
+    """Every metric of an already-built Pipeline on `n` fixed ShapesWorld scenes (see module docstring).
+
+    `wording` "template" gives the plain keys, "heldout" the `*_heldout_wording` ones, "both" all of them
+    (the held-out set is the same scenes again, so it doubles the time).
+    """
+    if wording not in EVAL_WORDINGS:
+        raise ValueError(f"unknown evaluation wording {wording!r}; accepted: {', '.join(EVAL_WORDINGS)}")
     t0 = time.perf_counter()
     cfg = pipe.config
-    pairs = eval_samples(split, n, seed, cfg.training.image_size, cfg.model.vocab.location_bins, families)
-    scored = run_samples(pipe, pairs, batch_size, teacher_force)
-    result: dict[str, Any] = {k: _round(v) for k, v in score_all(scored, cfg.model.vocab.location_bins).items()}
-    result["n"] = len(pairs)
+    bins = cfg.model.vocab.location_bins
+    result: dict[str, Any] = {}
+    if wording in ("template", "both"):
+        pairs = eval_samples(split, n, seed, cfg.training.image_size, bins, families)
+        scored = run_samples(pipe, pairs, batch_size, teacher_force)
+        result.update({k: _round(v) for k, v in score_all(scored, bins).items()})
+        result["n"] = len(pairs)
+    if wording in ("heldout", "both"):
+        pairs = eval_samples(split, n, seed, cfg.training.image_size, bins, families, wording="heldout")
+        scored = run_samples(pipe, pairs, batch_size, teacher_force)
+        result.update({k + HELDOUT: _round(v) for k, v in score_all(scored, bins).items()})
+        result["routing_by_heldout_axis"] = routing_by_axis(scored)
+        result["n" + HELDOUT] = len(pairs)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
 
 
+def routing_by_axis(scored: Sequence[Scored]) -> dict[str, float]:
+    """Routing accuracy of the held-out samples that used each kind of held-out choice ("casing", "pre", ...)."""
+    axes: dict[str, list[Scored]] = {}
+    for s in scored:
+        for axis in dict.fromkeys(h.split("=")[0] for h in s.sample.heldout_wording):  # ordered, no repeats
+            axes.setdefault(axis, []).append(s)
+    return {a: _round(score_routing(axes[a])) for a in sorted(axes)}
+
+
 def evaluate_model(model: str = "shapes", split: str = "val", n: int = 50, seed: int = 0,
-                   batch_size: int = 16) -> dict[str, Any]:
+                   batch_size: int = 16, wording: str = "both") -> dict[str, Any]:
     """Load `model` (preset name or saved folder) with Pipeline.from_pretrained and score it.
 
-    `n` is the total number of scenes over all task families; the result also carries `model` and `load_s`.
+    `n` is the total number of scenes over all task families (scored once per wording set, see
+    `evaluate_pipeline`); the result also carries `model`, `wording` and `load_s`.
     """
     from router.pipeline import Pipeline
 
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(model)
     load_s = time.perf_counter() - t0
-    result = evaluate_pipeline(pipe, split=split, n=n, seed=seed, batch_size=batch_size)
-    return {**result, "model": str(model), "split": split, "load_s": round(load_s, 1)}
+    result = evaluate_pipeline(pipe, split=split, n=n, seed=seed, batch_size=batch_size, wording=wording)
+    return {**result, "model": str(model), "split": split, "wording": wording, "load_s": round(load_s, 1)}
 
 
 def _round(v: float | None) -> float | None:

@@ -119,7 +119,8 @@ def strip_location_tokens(text: str) -> str:
 # ---- class lists in instructions ------------------------------------------------------------
 _SPECIAL_RE = re.compile(r"<[a-z]+(?:_-?\d+)?>|\[[A-Z]+(?:_Q)?\]")
 _TRIGGER_RE = re.compile(
-    r"\b(?:detect|find|locate|segment|identify|mark|outline|show(?:\s+me)?|box|label|categories|classes)\b\s*",
+    r"\b(?:detect|find|locate|segment|identify|mark|outline|show(?:\s+me)?|box|label|categories|classes|mask|spot"
+    r"|isolate|pinpoint|(?:cut|carve|pick)\s+out|track\s+down|look\s+for)\b\s*",
     re.I,
 )
 _FILLER_RE = re.compile(
@@ -128,14 +129,17 @@ _FILLER_RE = re.compile(
     re.I,
 )
 _TAIL_RE = re.compile(
-    r"\s+(?:in|on|within|from)\s+(?:the|this|that|these|each|my)\s+(?:image|picture|photo|scene|frame)s?\b.*"
+    r"\s+(?:in|on|within|from)\s+(?:the|this|that|these|each|my)\s+(?:image|picture|photo|snapshot|scene|frame)s?\b.*"
     r"|\s+(?:as|with|using|by)\s+(?:an?\s+)?(?:polygons?|outlines?|contours?|boxes|bounding\s+boxes|masks?|points?)\b.*",
     re.I | re.S,
 )
-_INTRO_RE = re.compile(r"\b(?:each|every|for|of)\b\s*", re.I)
+_INTRO_RE = re.compile(r"\b(?:each|every|for(?!\s+me\b)|of)\b\s*", re.I)
 # Trailing clauses that say how to answer, not what to find: "... and give their box coordinates".
-_CLAUSE_TAIL_RE = re.compile(
-    r"\s+(?:and\s+(?:give|reply|return|answer|write|output|report)\b|(?:as|with|in|using)\s+(?:box\s+)?coordinates\b).*",
+_CLAUSE_TAIL_RE = re.compile(r"\s+(?:and\s+(?:give|reply|return|answer|write|output|report)\b).*", re.I | re.S)
+_FORMAT_TAIL_RE = re.compile(r"\s+(?:as|with|in|using)\s+(?:box\s+)?coordinates\b.*", re.I | re.S)
+# Politeness after the list: "... circle and square, please" / "... for me" / "... when you get a chance".
+_POLITE_TAIL_RE = re.compile(
+    r"[\s,]+(?:please|thanks|thank\s+you|for\s+me|if\s+you\s+(?:don't|do\s+not)\s+mind|when\s+you\s+get\s+a\s+chance)\b.*",
     re.I | re.S,
 )
 _LIST_SPLIT_RE = re.compile(r"\s*(?:,|;|&|\band\b|\bor\b)\s*", re.I)
@@ -149,7 +153,7 @@ def parse_class_list(instruction: str) -> list[str]:
     "Report the coordinates of each cat, dog and bird." and "Detect cat and dog and give their boxes."
     Returns [] when the instruction holds no list (then no class slots are bound).
     """
-    text = _CLAUSE_TAIL_RE.sub("", _FORMAT_RE.sub(" ", _SPECIAL_RE.sub(" ", instruction)))
+    text = _FORMAT_TAIL_RE.sub("", _FORMAT_RE.sub(" ", _SPECIAL_RE.sub(" ", instruction)))
     m = _TRIGGER_RE.search(text)
     rest = text[m.end() :] if m else text
     if ":" in rest:  # "detect the following: a, b" / "Find: a, b"
@@ -160,8 +164,9 @@ def parse_class_list(instruction: str) -> list[str]:
             rest = rest[intro[-1].end() :]
         elif m is None:
             return []
+    rest = _CLAUSE_TAIL_RE.sub("", rest)  # after the list's start, so "do me a favour and give ..." keeps its list
     rest = re.split(r"[.?!\n]", rest.strip(" :"), maxsplit=1)[0]
-    rest = _TAIL_RE.sub("", rest)
+    rest = _POLITE_TAIL_RE.sub("", _TAIL_RE.sub("", rest))
     names: list[str] = []
     for item in _LIST_SPLIT_RE.split(rest):
         name = _FILLER_RE.sub("", item.strip()).strip() or item.strip()  # "a" alone is a name, not an article

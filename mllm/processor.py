@@ -129,6 +129,8 @@ class SuperLinkProcessor:
         self._refuse_tokens(
             instruction, "instruction", [*self.route_token_ids.values(), *self.placeholder_token_ids.values()]
         )
+        if self.config.text.lowercase_instructions:  # after the check: "[DET]" must not slip through as "[det]"
+            instruction = instruction.lower()
         ids = self._tokenize(self.build_prompt(instruction, num_images=num_images))
         return ([self.bos_token_id] if self.bos_token_id is not None else []) + ids
 

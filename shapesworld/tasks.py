@@ -6,10 +6,18 @@ written with `mllm.codec.LocationCodec`. For every routing token in an answer th
 `RouteTarget`, in order, whose `phrase` is what `mllm.vocab.phrase_before` reads before it.
 
 Instructions tell routed and native variants apart by wording: native ones ask for coordinates.
+
+Wording (`make_sample(..., wording=...)`): "template" picks from the fixed `TEMPLATES` (evaluation's
+reference wording, the default); "train" and "heldout" word the same request from the grammar in
+`shapesworld.grammar` (its training part, or with at least one held-out choice). The wording never
+changes the scene, the request's content or the answer: sample k of a seed is the same in every mode
+but for its instruction, because wordings draw from a generator derived from the sample's, not from it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +30,7 @@ from mllm.codec import LocationCodec
 from mllm.localize import DEFAULT_POLYGON_POINTS
 from mllm.scribble import rasterize_scribble
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN
+from shapesworld import grammar
 from shapesworld.constants import COLORS, DEFAULT_IMAGE_SIZE, KINDS, NUM_KEYPOINTS, SPLIT_SEEDS
 from shapesworld.scene import (
     ObjectSpec,
@@ -66,6 +75,7 @@ class TaskSample:
     regions: list[dict] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)  # <cls_i> means classes[i]
     scene: Scene | None = None
+    heldout_wording: list[str] = field(default_factory=list)  # held-out grammar choices in the instruction
 
 
 # ---- phrasings -----------------------------------------------------------------------------------
@@ -306,17 +316,44 @@ def polygon_points(mask: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---- task builders -------------------------------------------------------------------------------
+WORDINGS = grammar.WORDINGS  # "template" | "train" | "heldout"
+
+
+def _derived_rng(rng: np.random.Generator, salt: str) -> np.random.Generator:
+    """A generator seeded from `rng`'s current state without drawing from it (so wording never moves scenes)."""
+    state = json.dumps(rng.bit_generator.state, sort_keys=True, default=str) + salt
+    return np.random.default_rng(np.frombuffer(hashlib.sha256(state.encode()).digest(), np.uint32))
+
+
 @dataclass
 class _Ctx:
     rng: np.random.Generator
     size: int
     codec: LocationCodec
+    wording: str = "template"
+    heldout: list[str] = field(default_factory=list)  # held-out grammar choices made so far
 
     def scene(self) -> Scene:
         return sample_scene(self.rng, self.size)
 
     def template(self, key: str, **kw: object) -> str:
-        return _pick(self.rng, TEMPLATES[key]).format(**kw)
+        """The instruction text for template key `key`: a template, or (grammar wordings) a grammar rendering.
+
+        The template is drawn from `rng` in every mode, so the draws after it are the same whatever the wording.
+        """
+        text = _pick(self.rng, TEMPLATES[key]).format(**kw)
+        if self.wording == "template":
+            return text
+        w = grammar.render(key, _derived_rng(self.rng, key), self.wording, template=text, templates=TEMPLATES[key], **kw)
+        self.heldout += w.heldout
+        return w.text
+
+    def clause(self, key: str, **kw: object) -> tuple[str, grammar.Wording | None]:
+        """A compound clause: its template text (drawn from `rng` as always) and, for grammar wordings, a clause."""
+        text = _pick(self.rng, TEMPLATES[key]).format(**kw)
+        if self.wording == "template":
+            return text, None
+        return text, grammar.clause(key, _derived_rng(self.rng, key), self.wording, **kw)
 
 
 def make_caption(ctx: _Ctx) -> TaskSample:
@@ -440,6 +477,7 @@ def _image_target(route: str, phrase: str, scene: Scene) -> RouteTarget:
 
 def make_editing(ctx: _Ctx) -> TaskSample:
     for _ in range(100):
+        ctx.heldout = []  # only the attempt that is kept counts
         n = int(ctx.rng.integers(1, 5))
         source = place_objects(ctx.rng, [(None, None)] * n, ctx.size, sample_background(ctx.rng), LARGE_SIZES)
         if source is None:
@@ -528,28 +566,36 @@ def make_compound(ctx: _Ctx) -> TaskSample:
     parts = list(ctx.rng.permutation(["det", "seg", "grd", "pose", "gen"])[: int(ctx.rng.integers(2, 4))])
     if parts == ["gen"] or set(parts) == {"gen"}:
         parts = ["det", "gen"]
-    clauses, answers, targets = [], [], []
+    clauses, worded, answers, targets = [], [], [], []
     for part in parts:
-        clause, answer, part_targets = _compound_part(ctx, scene, str(part))
+        (clause, words), answer, part_targets = _compound_part(ctx, scene, str(part))
         clauses.append(clause)
+        worded.append(words)
         answers.append(answer)
         targets += part_targets
-    keys = dict(zip("abc", clauses, strict=False))
-    text = ctx.template(f"compound{len(clauses)}", **keys)
-    return TaskSample("compound", render(scene), _with_image(text[0].upper() + text[1:]),
-                      "Sure, " + "; ".join(answers) + ".", targets, scene=scene)
+    key = f"compound{len(clauses)}"
+    text = _pick(ctx.rng, TEMPLATES[key]).format(**dict(zip("abc", clauses, strict=False)))
+    text = text[0].upper() + text[1:]
+    if ctx.wording != "template":
+        held = [h for w in worded for h in w.heldout]
+        w = grammar.render(key, _derived_rng(ctx.rng, key), ctx.wording, template=text, clause_heldout=held,
+                           **dict(zip("abc", [w.text for w in worded], strict=False)))
+        text, ctx.heldout = w.text, ctx.heldout + w.heldout
+    return TaskSample("compound", render(scene), _with_image(text), "Sure, " + "; ".join(answers) + ".", targets,
+                      scene=scene)
 
 
-def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[str, str, list[RouteTarget]]:
+def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[tuple[str, grammar.Wording | None], str,
+                                                                 list[RouteTarget]]:
     if part == "gen":
         gen = _generation_scene(ctx)
-        return (ctx.template("clause_gen", desc=describe_groups(gen.objects)), "here is the image [GEN]",
+        return (ctx.clause("clause_gen", desc=describe_groups(gen.objects)), "here is the image [GEN]",
                 [_image_target("GEN", "image", gen)])
     exprs = referring_expressions(scene)
     if part == "grd" and exprs:
         expr, obj = _pick(ctx.rng, exprs)
         boxes, masks, _ = _stack([obj], scene.image_size)
-        return ctx.template("clause_grd", expr=expr), f"the {expr} [GRD]", [RouteTarget("GRD", expr, boxes, masks)]
+        return ctx.clause("clause_grd", expr=expr), f"the {expr} [GRD]", [RouteTarget("GRD", expr, boxes, masks)]
     route = {"det": "DET", "seg": "SEG", "pose": "POSE", "grd": "DET"}[part]
     cats = sample_categories(ctx.rng, scene, max_n=2)
     targets = []
@@ -558,7 +604,7 @@ def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[str, str, list[R
         targets.append(RouteTarget(route, cat, boxes, None if route == "POSE" else masks,
                                    kps if route == "POSE" else None))
     key = {"DET": "clause_det", "SEG": "clause_seg", "POSE": "clause_pose"}[route]
-    return ctx.template(key, cats=join_words(cats)), join_words([f"{c} [{route}]" for c in cats]), targets
+    return ctx.clause(key, cats=join_words(cats)), join_words([f"{c} [{route}]" for c in cats]), targets
 
 
 BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {
@@ -580,11 +626,16 @@ BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {
 
 
 def make_sample(task: str, rng: np.random.Generator, image_size: int = DEFAULT_IMAGE_SIZE,
-                location_bins: int = 1000) -> TaskSample:
-    """One sample of `task`, drawn with `rng`."""
+                location_bins: int = 1000, wording: str = "template") -> TaskSample:
+    """One sample of `task`, drawn with `rng`, its instruction worded as `wording` (see the module docstring)."""
     if task not in BUILDERS:
         raise ValueError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
-    return BUILDERS[task](_Ctx(rng, image_size, LocationCodec(location_bins)))
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown wording {wording!r}; accepted: {', '.join(WORDINGS)}")
+    ctx = _Ctx(rng, image_size, LocationCodec(location_bins), wording)
+    sample = BUILDERS[task](ctx)
+    sample.heldout_wording = list(ctx.heldout)
+    return sample
 
 
 # ---- data set ------------------------------------------------------------------------------------
@@ -593,7 +644,10 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: str, n: int, seed: int | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
                  location_bins: int = 1000, tasks: Sequence[str] | None = None,
-                 weights: Sequence[float] | None = None):
+                 weights: Sequence[float] | None = None, wording: str = "template"):
+        if wording not in WORDINGS:
+            raise ValueError(f"unknown wording {wording!r}; accepted: {', '.join(WORDINGS)}")
+        self.wording = wording
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLIT_SEEDS)}")
         self.tasks = tuple(tasks or TASKS)
@@ -615,12 +669,13 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {self.n} samples")
         rng = np.random.default_rng(SPLIT_SEEDS[self.split] + self.seed + i)
         task = self.tasks[int(rng.choice(len(self.tasks), p=self.probs))]
-        return make_sample(task, rng, self.image_size, self.location_bins)
+        return make_sample(task, rng, self.image_size, self.location_bins, self.wording)
 
 
-def corpus(n: int, image_size: int = DEFAULT_IMAGE_SIZE, location_bins: int = 1000) -> Iterator[str]:
+def corpus(n: int, image_size: int = DEFAULT_IMAGE_SIZE, location_bins: int = 1000,
+           wording: str = "train") -> Iterator[str]:
     """Instruction + answer texts of `n` training samples over all tasks (for training a tokenizer)."""
-    data = ShapesWorldDataset("train", n, image_size=image_size, location_bins=location_bins)
+    data = ShapesWorldDataset("train", n, image_size=image_size, location_bins=location_bins, wording=wording)
     for i in range(n):
         s = data[i]
         yield f"{s.instruction}\n{s.answer}"

@@ -43,6 +43,28 @@ def test_samples_are_fixed_spread_over_families_and_grow_with_n():
         suite.eval_samples("val", 3, families=("juggling",))
 
 
+def test_heldout_wording_set_is_the_same_scenes_worded_differently():
+    template = suite.eval_samples("val", 22)
+    heldout = suite.eval_samples("val", 22, wording="heldout")
+    assert [f for f, _ in heldout] == [f for f, _ in template]
+    for (_, a), (_, b) in zip(template, heldout, strict=True):
+        assert a.answer == b.answer and a.classes == b.classes
+        assert a.heldout_wording == [] and b.heldout_wording
+    assert sum(a.instruction != b.instruction for (_, a), (_, b) in zip(template, heldout, strict=True)) >= 20
+    with pytest.raises(ValueError, match="wording"):
+        suite.eval_samples("val", 3, wording="train")
+
+
+def test_routing_by_heldout_axis_counts_each_kind_once_per_sample():
+    pairs = suite.eval_samples("val", 11, wording="heldout")
+    scored = [suite.Scored(f, s, _response(routes=suite.route_names_in(s.answer))) for f, s in pairs]
+    axes = suite.routing_by_axis(scored)
+    assert axes and set(axes.values()) == {1.0}
+    assert set(axes) == {h.split("=")[0] for _, s in pairs for h in s.heldout_wording}
+    wrong = [suite.Scored(f, s, _response(routes=[])) for f, s in pairs]
+    assert min(suite.routing_by_axis(wrong).values()) < 1.0  # routed families now miss
+
+
 def test_detection_ap_is_one_for_ground_truth_and_zero_for_nothing():
     samples = _family("detection", 4)
     perfect, empty = [], []
@@ -134,3 +156,19 @@ def test_polygon_metrics_score_reference_polygons_and_count_points():
     assert suite.score_polygon_counts(empty) is None
     assert suite.score_polygons(good)["ap"] > 0.5  # the reference outlines are polygons of 4..20 points
     assert suite.score_polygons(empty)["ap"] == 0.0
+
+
+@pytest.mark.slow
+def test_teacher_forced_heldout_wording_scores_the_same_answers():
+    from router.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained("tiny")
+    result = suite.evaluate_pipeline(pipe, n=6, teacher_force=True, families=("vqa", "caption", "region"),
+                                     wording="both")
+    assert result["n"] == result["n_heldout_wording"] == 6
+    for key in ("vqa_acc", "caption_f1", "region_acc", "routing_acc"):
+        assert result[key] == result[key + suite.HELDOUT] == 1.0, key
+    only = suite.evaluate_pipeline(pipe, n=3, teacher_force=True, families=("vqa",), wording="heldout")
+    assert "vqa_acc" not in only and only["vqa_acc_heldout_wording"] == 1.0
+    with pytest.raises(ValueError, match="accepted"):
+        suite.evaluate_pipeline(pipe, n=3, wording="pirate")

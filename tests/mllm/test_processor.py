@@ -371,3 +371,18 @@ def test_scribble_regions_are_encoded_like_masks(proc: SuperLinkProcessor) -> No
         proc(["<region>"], images=[[img]], regions=[[{"scribble": [[[8, 40], [99, 40]]]}]])
     with pytest.raises(ProcessorError, match="'width' for a scribble"):
         proc(["<region>"], images=[[img]], regions=[[{"box": [1, 1, 4, 4], "width": 3}]])
+
+
+def test_uncased_processor_reads_every_casing_alike(tiny_config) -> None:
+    tok = build_tokenizer(CORPUS, Vocabulary.from_config(tiny_config.model), vocab_size=300)
+    cased = SuperLinkProcessor(tok, tiny_config.model)
+    text = tiny_config.model.text.model_copy(update={"lowercase_instructions": True})
+    uncased = SuperLinkProcessor(tok, tiny_config.model.model_copy(update={"text": text}))
+    wordings = ["Describe the image.", "describe the image.", "DESCRIBE THE IMAGE.", "Describe The Image."]
+    assert len({tuple(uncased.encode_row(w, 1).input_ids) for w in wordings}) == 1
+    assert len({tuple(cased.encode_row(w, 1).input_ids) for w in wordings}) == 4
+    row = uncased.encode_row("Detect Red Circle", 1, "Sure, red circle [DET].")
+    ref = cased.encode_row("detect red circle", 1, "Sure, red circle [DET].")
+    assert row.input_ids == ref.input_ids and row.labels == ref.labels  # the answer keeps its "Sure"
+    with pytest.raises(ProcessorError, match="DET"):
+        uncased.encode_row("find [DET]", 1)
