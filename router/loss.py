@@ -20,9 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mllm.format_queries import format_loss
 from router.bindings import SuperLinkSystem
 
 IGNORE_INDEX = -100
+FORMAT_TASKS = ("native_detection",)  # tasks whose answers the format queries learn (native boxes)
 
 
 @dataclass
@@ -107,6 +109,8 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
     """LM loss + sum over the routes present of weight x decoder loss (weights default to 1.0).
 
     decoders=False: the LM loss alone (no decoder runs; link states are still computed but unused).
+    A model with format queries adds parts["format"], the set loss of its native-detection rows
+    (mllm.format_queries), weighted by model.format_queries.loss_weight, whatever `decoders` says.
     """
     weights = dict(loss_weights or {})
     unknown = set(weights) - set(system.table)
@@ -119,5 +123,10 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
         rows, targets = route_targets(batch.samples, route, links.index)
         parts[route] = decoder_loss(system, route, links.states, rows, targets, batch.images)
         total = total + weights.get(route, 1.0) * parts[route]
+    fq = system.model.config.format_queries
+    rows = [i for i, s in enumerate(batch.samples) if s.task in FORMAT_TASKS]
+    if fq is not None and rows:  # output-format-as-query: set loss on the slots after each prompt
+        parts["format"] = format_loss(system.model, batch.inputs, rows, [batch.samples[i].answer for i in rows])
+        total = total + fq.loss_weight * parts["format"]
     tasks = [s.task for s in batch.samples]
     return LossOutput(total=total, parts=parts, lm_per_task=lm_loss_per_task(out.logits, batch.inputs["labels"], tasks))
