@@ -15,16 +15,17 @@ batched output equals per-row output (states to float tolerance).
 Sampling draws one uniform number per row and step from that row's own
 torch.Generator, so a row samples the same tokens alone or in any batch.
 
-Format queries (mllm.format_queries, when the model has them and `format_decoding` allows): a row
-whose first token after leading spaces is a class slot has begun a native box answer; instead of that
-token it feeds the S x 5 slot queries in the next chunk (they attend to the prompt only: the row's
-leading spaces are masked for them), its whole answer is read from their states in that one pass,
-written as the same token groups, and the row finishes.
+Format queries (mllm.format_queries; when the model has them and `format_decoding` allows): the
+prefill also runs the S x 5 slot queries, appended after the prompt (causal attention: the prompt's
+own states are unchanged, the slots see the prompt alone, as in training); later tokens never attend
+to them (their mask columns are zeroed). A row whose first token after leading spaces is a class slot
+has begun a native box answer: its whole answer is read from its slot states, written as the same
+token groups, and the row finishes without another forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,6 @@ class Chunk:
     embeds: torch.Tensor  # (B, L, D)
     mask: torch.Tensor  # (B, L) long, 0 on pad slots
     routed: dict[int, str]  # row -> route whose queries fill the chunk's last Q slots
-    formatted: list[int] = field(default_factory=list)  # rows whose last S x 5 slots are format queries
 
 
 @torch.no_grad()
@@ -82,19 +82,17 @@ def generate(
     """Generate for every row of a processor batch (input_ids (B, T) left-padded, attention_mask, and
     optionally pixel_values, region_masks, region_image_index). `allowed_routes` None allows all routes;
     `logits_hook` may edit the (B, V) logits of each step (tests and benchmarks force routes with it).
-    `format_decoding` None decodes native box answers with the format queries when the model has them;
+    `format_decoding` None reads native box answers from the format queries when the model has them;
     False always decodes token by token."""
     check_options(max_new_tokens, do_sample, temperature, top_p)
     eos = model.token_ids.eos if eos_token_id is None else eos_token_id
     batch_size = batch["input_ids"].shape[0]
     rows = [RowState() for _ in range(batch_size)]
     route_of = {tid: name for name, tid in model.token_ids.route.items()}
-    cache, mask, logits = prefill(model, batch)
-    prompt_length = mask.shape[1]
+    format_ids = FormatTokenIds.of(model) if model.format_queries is not None and format_decoding is not False else None
+    cache, mask, logits, slot_states = prefill(model, batch, with_slots=format_ids is not None)
     banned = banned_tokens(model, allowed_routes).to(logits.device)  # (V,) bool
     uniforms = row_uniforms(seeds, batch_size, max_new_tokens, logits.device) if do_sample else None  # (B, N)
-    use_format = model.format_queries is not None and format_decoding is not False
-    format_ids = FormatTokenIds.of(model) if use_format else None
     for step in range(max_new_tokens):
         logits = logits.masked_fill(banned, float("-inf"))
         if logits_hook is not None:
@@ -102,18 +100,14 @@ def generate(
         next_ids = choose_tokens(logits, step, uniforms, temperature, top_p)  # (B,)
         formatted = format_rows(model, rows, next_ids, format_ids) if format_ids is not None else []
         record_tokens(rows, next_ids.tolist(), route_of, eos, skip=formatted)
-        last = step == max_new_tokens - 1
-        if not formatted and (all(r.finished for r in rows) or (last and not any_pending(rows))):
+        if formatted:
+            finish_from_slots(model, rows, formatted, slot_states, format_ids, eos)
+        if all(r.finished for r in rows) or (step == max_new_tokens - 1 and not any_pending(rows)):
             break
-        chunk = build_chunk(model, next_ids, rows, formatted)
-        if formatted:  # the slots attend to the prompt alone, as in training: hide the row's leading spaces
-            mask[formatted, prompt_length:] = 0
+        chunk = build_chunk(model, next_ids, rows)
         mask = torch.cat([mask, chunk.mask], dim=1)  # (B, past + L)
         hidden = model.run_llm(chunk.embeds, mask, cache=cache).last_hidden_state  # (B, L, D)
         record_links(model, rows, chunk, hidden)
-        record_format(model, rows, chunk, hidden, format_ids, eos)
-        if all(r.finished for r in rows):
-            break
         logits = model.lm_logits(hidden[:, -1])  # (B, V)
     return [finish_row(model, r) for r in rows]
 
@@ -128,9 +122,10 @@ def check_options(max_new_tokens: int, do_sample: bool, temperature: float, top_
 
 
 def prefill(
-    model: SuperLinkModel, batch: Mapping[str, Any]
-) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-    """Run the whole prompt once: the cache, the attention mask (B, T) and the last logits (B, V)."""
+    model: SuperLinkModel, batch: Mapping[str, Any], with_slots: bool = False
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run the whole prompt once: the cache, the attention mask (B, T), the last prompt logits (B, V), and
+    with_slots the format-query states (B, S * 5, D) of slots appended after the prompt (masked afterwards)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if ids.dim() != 2 or mask.shape != ids.shape:
         raise GenerationInputError(f"input_ids and attention_mask must both be (B, T); got {tuple(ids.shape)}, "
@@ -141,8 +136,17 @@ def prefill(
         ids, batch.get("pixel_values"), batch.get("region_masks"), batch.get("region_image_index")
     )  # (B, T, D)
     cache = DynamicCache(config=model.llava.config.text_config)
-    hidden = model.run_llm(embeds, mask, cache=cache).last_hidden_state  # (B, T, D)
-    return cache, mask.long(), model.lm_logits(hidden[:, -1])
+    mask = mask.long()
+    if not with_slots:
+        hidden = model.run_llm(embeds, mask, cache=cache).last_hidden_state  # (B, T, D)
+        return cache, mask, model.lm_logits(hidden[:, -1]), None
+    slots = model.format_queries.embeddings().to(embeds.dtype)  # (S * 5, D)
+    embeds = torch.cat([embeds, slots.expand(len(embeds), -1, -1)], dim=1)  # (B, T + S * 5, D)
+    mask = torch.cat([mask, mask.new_ones(len(mask), len(slots))], dim=1)
+    hidden = model.run_llm(embeds, mask, cache=cache).last_hidden_state  # (B, T + S * 5, D)
+    mask[:, -len(slots) :] = 0  # answer tokens never attend to the slots (and positions skip them)
+    t = ids.shape[1]
+    return cache, mask, model.lm_logits(hidden[:, t - 1]), hidden[:, t:]
 
 
 def banned_tokens(model: SuperLinkModel, allowed_routes: set[str] | None) -> torch.Tensor:
@@ -194,10 +198,10 @@ def choose_tokens(
 
 
 def record_tokens(
-    rows: list[RowState], next_ids: list[int], route_of: dict[int, str], eos: int, skip: list[int] = ()
+    rows: list[RowState], next_ids: list[int], route_of: dict[int, str], eos: int, skip: Sequence[int] = ()
 ) -> None:
     """The state machine: append each live row's token; eos finishes it, a routing token queues its queries.
-    Rows in `skip` switch to format queries: their token is not kept (the slots write the answer)."""
+    Rows in `skip` answer from their format slots: their token is not kept."""
     for r, (row, tid) in enumerate(zip(rows, next_ids, strict=True)):
         row.pending_route = None
         if row.finished or r in skip:
@@ -209,20 +213,38 @@ def record_tokens(
             row.pending_route = route_of.get(tid)
 
 
+def format_rows(
+    model: SuperLinkModel, rows: list[RowState], next_ids: torch.Tensor, ids: FormatTokenIds
+) -> list[int]:
+    """Rows that begin a native box answer now: a class slot as their first token after leading spaces
+    (answers are encoded after a space, so the first token is often a bare space)."""
+    is_class = torch.isin(next_ids, torch.tensor(ids.classes[:-1], device=next_ids.device)).tolist()
+    return [
+        r for r, (row, hit) in enumerate(zip(rows, is_class, strict=True))
+        if hit and not row.finished and not model.tokenizer.decode(row.token_ids).strip()
+    ]  # fmt: skip
+
+
+def finish_from_slots(
+    model: SuperLinkModel, rows: list[RowState], formatted: list[int], slot_states: torch.Tensor,
+    ids: FormatTokenIds, eos: int,
+) -> None:  # fmt: skip
+    """Write each formatted row's answer from its slot states (B, S * 5, D) and finish the row."""
+    logits = slot_logits(model, slot_states[formatted], ids)
+    for r, slots in zip(formatted, decode_slots(logits), strict=True):
+        rows[r].token_ids = model.tokenizer(" " + slots_text(slots), add_special_tokens=False)["input_ids"] + [eos]
+        rows[r].finished = True
+
+
 def any_pending(rows: list[RowState]) -> bool:
     return any(r.pending_route is not None for r in rows)
 
 
-def build_chunk(
-    model: SuperLinkModel, next_ids: torch.Tensor, rows: list[RowState], formatted: list[int] = ()
-) -> Chunk:
+def build_chunk(model: SuperLinkModel, next_ids: torch.Tensor, rows: list[RowState]) -> Chunk:
     """(B, L, D) inputs for the next step: the new token in the last column, or for a routed row the
-    routing token followed by its Q queries in the last Q + 1 columns, or for a formatted row the S x 5
-    format queries in the last columns (without its token); masked pad slots before."""
+    routing token followed by its Q queries in the last Q + 1 columns; masked pad slots before."""
     routed = {r: row.pending_route for r, row in enumerate(rows) if row.pending_route is not None}
     width = 1 + max((model.queries[name].num_embeddings for name in routed.values()), default=0)
-    if formatted:
-        width = max(width, model.format_queries.num_positions)
     token_embeds = model.embed_inputs(next_ids[:, None])[:, 0]  # (B, D)
     embeds = token_embeds.new_zeros(len(rows), width, token_embeds.shape[-1])  # (B, L, D)
     mask = torch.zeros(len(rows), width, dtype=torch.long, device=embeds.device)
@@ -234,39 +256,7 @@ def build_chunk(
         embeds[r, -q - 1] = token_embeds[r]
         embeds[r, -q:] = table.to(embeds.dtype)
         mask[r, -q - 1 :] = 1
-    if formatted:
-        slots = model.format_queries.embeddings().to(embeds.dtype)  # (S * 5, D)
-        for r in formatted:
-            embeds[r, -len(slots) :] = slots
-            mask[r] = 0
-            mask[r, -len(slots) :] = 1
-    return Chunk(embeds=embeds, mask=mask, routed=routed, formatted=list(formatted))
-
-
-def format_rows(
-    model: SuperLinkModel, rows: list[RowState], next_ids: torch.Tensor, ids: FormatTokenIds
-) -> list[int]:
-    """Rows that begin a native box answer now: a class slot as their first token after leading spaces
-    (answers are encoded after a space, so the first token is often a bare space). They switch to the slots."""
-    is_class = torch.isin(next_ids, torch.tensor(ids.classes[:-1], device=next_ids.device)).tolist()
-    return [
-        r for r, (row, hit) in enumerate(zip(rows, is_class, strict=True))
-        if hit and not row.finished and not model.tokenizer.decode(row.token_ids).strip()
-    ]  # fmt: skip
-
-
-def record_format(
-    model: SuperLinkModel, rows: list[RowState], chunk: Chunk, hidden: torch.Tensor, ids: FormatTokenIds | None, eos: int
-) -> None:
-    """Read each formatted row's answer from its slot states and finish the row."""
-    if not chunk.formatted:
-        return
-    n = model.format_queries.num_positions
-    logits = slot_logits(model, hidden[chunk.formatted, -n:], ids)
-    for r, slots in zip(chunk.formatted, decode_slots(logits), strict=True):
-        text = " " + slots_text(slots)
-        rows[r].token_ids = model.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-        rows[r].finished = True
+    return Chunk(embeds=embeds, mask=mask, routed=routed)
 
 
 def record_links(model: SuperLinkModel, rows: list[RowState], chunk: Chunk, hidden: torch.Tensor) -> None:

@@ -120,7 +120,7 @@ def test_parallel_decoding_gives_the_same_item_types_as_autoregressive(format_pi
         pipe.format_decoding = None
     parallel, passes = out[None]
     autoregressive, ar_passes = out[False]
-    assert passes == 3  # prefill, the leading space, one pass over all slots
+    assert passes == 2  # prefill (prompt + slots), then the leading space; the answer comes from the slots
     assert ar_passes > passes
     assert autoregressive.detections and all(d.route is None for d in autoregressive.detections)
     # Random slots: each group they write is a native Detection, or (a class slot the request did not bind)
