@@ -56,34 +56,42 @@ def with_format_queries(pipe: Pipeline, slots: int) -> None:
     pipe.config = pipe.config.model_copy(update={"model": cfg}, deep=True)
 
 
-def finetune(pipe: Pipeline, steps: int, batch_size: int, seed: int, lr: float) -> dict:
-    """`steps` AdamW steps on native detection (LM loss, plus the set loss when the model has slots)."""
+def finetune(pipe: Pipeline, steps: int, batch_size: int, seed: int, lr: float,
+             tasks: tuple[str, ...] = ("native_detection",), decoders: bool = False) -> dict:
+    """`steps` AdamW steps on ShapesWorld `tasks` (drawn uniformly; batch k is a function of (seed, k)).
+
+    The joint loss: LM, plus the set loss when the model has format slots, plus the decoder losses when
+    `decoders` (then decoders and their projectors train too). Query tables and the optional v1 modules
+    (format queries, image tokenizer; new, so they start from scratch) train at 4 x lr, the rest at lr."""
     system, cfg = pipe.system, pipe.config
     system.train()
-    for p in system.decoders.parameters():
-        p.requires_grad_(False)  # native answers never reach a decoder
     groups: dict[str, list] = {}
-    for name, p in system.model.named_parameters():
-        groups.setdefault(group_of("model." + name), []).append(p)
-    rates = {"queries": 4 * lr, "projectors": lr, "llm": lr, "region": 0.0}
+    for name, p in system.named_parameters():
+        group = "new" if name.startswith(("model.format_queries.", "model.image_tokenizer.")) else group_of(name)
+        p.requires_grad_(decoders or group != "decoders")
+        groups.setdefault(group, []).append(p)
+    rates = {"queries": 4 * lr, "new": 4 * lr, "projectors": lr, "llm": lr, "decoders": lr if decoders else 0.0,
+             "region": 0.0}
     opt = torch.optim.AdamW([{"params": ps, "lr": rates[g]} for g, ps in groups.items() if rates.get(g)])
     bins, size = cfg.model.vocab.location_bins, cfg.training.image_size
     t0, log = time.perf_counter(), []
     for step in range(steps):
         rng = np.random.default_rng([seed, step])
         torch.manual_seed(seed * 1_000_003 + step)
-        batch = collate(pipe.processor, [make_sample("native_detection", rng, size, bins) for _ in range(batch_size)])
-        out = joint_loss(system, batch, decoders=False)
+        picks = rng.integers(len(tasks), size=batch_size) if len(tasks) > 1 else [0] * batch_size
+        batch = collate(pipe.processor, [make_sample(tasks[int(k)], rng, size, bins) for k in picks])
+        out = joint_loss(system, batch, decoders=decoders)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
-        torch.nn.utils.clip_grad_norm_(system.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in system.parameters() if p.grad is not None], 1.0)
         opt.step()
         log.append({k: float(v.detach()) for k, v in out.parts.items()})
-        if (step + 1) % 50 == 0:
-            recent = {k: round(statistics.mean(d[k] for d in log[-50:]), 3) for k in log[-1]}
+        if (step + 1) % 25 == 0:
+            recent = {k: round(statistics.mean(d[k] for d in log[-25:] if k in d), 3) for k in log[-1]}
             print(f"step {step + 1}/{steps} {recent}", file=sys.stderr, flush=True)
     system.eval()
-    last = {k: round(statistics.mean(d[k] for d in log[-50:]), 4) for k in log[-1]} if log else {}
+    keys = {k for d in log[-50:] for k in d}
+    last = {k: round(statistics.mean(d[k] for d in log[-50:] if k in d), 4) for k in sorted(keys)}
     return {"steps": steps, "train_s": round(time.perf_counter() - t0, 1), "last_losses": last}
 
 
