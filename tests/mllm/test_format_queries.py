@@ -173,3 +173,41 @@ def test_format_switch_round_trips_through_save_load(tiny_config, tmp_path):
     plain, _ = build_system(tiny_config, decoders=[])
     assert plain.model.format_queries is None  # off by default: no table, no checkpoint keys
     assert not any(k.startswith("format_queries.") for k in plain.model.state_dict())
+
+
+def test_batched_rows_mixing_slots_and_tokens_equal_rows_alone(format_pipeline):
+    """Slots in the prefill stay invisible to token-by-token rows; each row's answer is what it gets alone."""
+    pipe = format_pipeline
+    bins = pipe.config.model.vocab.location_bins
+    samples = [_native_sample(bins), make_sample("vqa", np.random.default_rng(0), 64, bins)]
+    requests = [Request(images=[Image.fromarray(s.image)], instruction=s.instruction, options=Options(max_new_tokens=40))
+                for s in samples]  # fmt: skip
+    tok = pipe.system.model.tokenizer
+    # Force only the first token(s) of each answer: the rest is the model's own choice.
+    heads = [tok(" " + s.answer, add_special_tokens=False)["input_ids"][:2] for s in samples]
+
+    def hook_for(rows):
+        def hook(step, logits):
+            for r, k in enumerate(rows):
+                if step < len(heads[k]):
+                    logits[r] = float("-inf")
+                    logits[r, heads[k][step]] = 0.0
+            return logits
+
+        return hook
+
+    try:
+        pipe.logits_hook = hook_for([0, 1])
+        batched = pipe(requests)
+        alone = []
+        for k in range(2):
+            pipe.logits_hook = hook_for([k])
+            alone.append(pipe(requests[k]))
+        pipe.format_decoding = False
+        without_slots = pipe(requests[1])
+    finally:
+        pipe.logits_hook = None
+        pipe.format_decoding = None
+    assert box_targets(batched[0].raw_text)  # row 0 answered from its slots
+    assert [r.raw_text for r in batched] == [r.raw_text for r in alone]
+    assert batched[1].raw_text == without_slots.raw_text  # the slots in the prefill change nothing else
