@@ -65,11 +65,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=100, help="val scenes, half grounding and half VQA")
+    ap.add_argument("--arms", nargs="+", choices=("off", "on"), default=["off", "on"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    out = {"off": run_arm(False, args), "on": run_arm(True, args), "steps": args.steps, "n": args.n,
-           "threads": torch.get_num_threads()}  # fmt: skip
-    for arm in ("off", "on"):
+    out = {arm: run_arm(arm == "on", args) for arm in args.arms}
+    out.update(steps=args.steps, n=args.n, threads=torch.get_num_threads())
+    for arm in args.arms:
         print(f"{arm}: grd_acc50 {out[arm]['grd_acc50']} vqa_acc {out[arm]['vqa_acc']}", file=sys.stderr)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

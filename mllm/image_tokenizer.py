@@ -10,8 +10,9 @@ of the instruction. Here:
     tokens = LN(q)                                                         (N_img, M, D)
 
 where `patches` are the projected patch features (N_img, P, D). With combine "replace" the M tokens are
-the visual tokens; with "add" (M = P) they are added to the patch tokens through a tanh gate that starts
-at zero, so a trained model gains the tokenizer without changing its output at the first step.
+the visual tokens; with "add" (M = P) they are added to the patch tokens, scaled to each patch feature's
+RMS, through a tanh gate that starts at zero, so a trained model gains the tokenizer without changing
+its output at the first step.
 """
 
 from __future__ import annotations
@@ -72,4 +73,8 @@ class LanguageGuidedTokenizer(nn.Module):
             return tokens
         if tokens.shape[1] != patches.shape[1]:
             raise ValueError(f"combine 'add' needs one token per patch ({patches.shape[1]}), got {tokens.shape[1]}")
-        return patches + torch.tanh(self.gate) * tokens
+        # Unit-RMS tokens scaled to each patch feature's own RMS: projected features of a trained model can be
+        # far from unit scale (the shipped `shapes` projector outputs RMS ~300), where a unit-scale addition
+        # would be lost.
+        scale = patches.detach().float().pow(2).mean(-1, keepdim=True).sqrt().to(tokens.dtype)  # (N, P, 1)
+        return patches + torch.tanh(self.gate) * scale * tokens
