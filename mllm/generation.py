@@ -33,6 +33,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from mllm.constraints import RowConstraint, apply_constraints
 from mllm.format_queries import FormatTokenIds, decode_slots, slot_logits, slots_text
 from mllm.types import Generation, LinkEvent
 from mllm.vocab import phrase_before
@@ -77,13 +78,15 @@ def generate(
     allowed_routes: set[str] | None = None,
     eos_token_id: int | None = None,
     logits_hook: LogitsHook | None = None,
+    constraints: Sequence[RowConstraint | None] | None = None,
     format_decoding: bool | None = None,
 ) -> list[Generation]:
     """Generate for every row of a processor batch (input_ids (B, T) left-padded, attention_mask, and
     optionally pixel_values, region_masks, region_image_index). `allowed_routes` None allows all routes;
-    `logits_hook` may edit the (B, V) logits of each step (tests and benchmarks force routes with it).
-    `format_decoding` None reads native box answers from the format queries when the model has them;
-    False always decodes token by token."""
+    `constraints` (one per row, or None) keep a row's answer in its format (mllm.constraints, e.g. N-point
+    polygons); `logits_hook` may edit the (B, V) logits of each step after them (tests force routes with it).
+    `format_decoding` None reads native box answers from the format queries when the model has them (rows
+    under a constraint, e.g. polygons, always go token by token); False always decodes token by token."""
     check_options(max_new_tokens, do_sample, temperature, top_p)
     eos = model.token_ids.eos if eos_token_id is None else eos_token_id
     batch_size = batch["input_ids"].shape[0]
@@ -95,10 +98,13 @@ def generate(
     uniforms = row_uniforms(seeds, batch_size, max_new_tokens, logits.device) if do_sample else None  # (B, N)
     for step in range(max_new_tokens):
         logits = logits.masked_fill(banned, float("-inf"))
+        if constraints is not None:
+            logits = apply_constraints(constraints, [r.token_ids for r in rows], [r.finished for r in rows],
+                                       logits, max_new_tokens - step)  # fmt: skip
         if logits_hook is not None:
             logits = logits_hook(step, logits)
         next_ids = choose_tokens(logits, step, uniforms, temperature, top_p)  # (B,)
-        formatted = format_rows(model, rows, next_ids, format_ids) if format_ids is not None else []
+        formatted = format_rows(model, rows, next_ids, format_ids, constraints) if format_ids is not None else []
         record_tokens(rows, next_ids.tolist(), route_of, eos, skip=formatted)
         if formatted:
             finish_from_slots(model, rows, formatted, slot_states, format_ids, eos)
@@ -214,14 +220,20 @@ def record_tokens(
 
 
 def format_rows(
-    model: SuperLinkModel, rows: list[RowState], next_ids: torch.Tensor, ids: FormatTokenIds
+    model: SuperLinkModel,
+    rows: list[RowState],
+    next_ids: torch.Tensor,
+    ids: FormatTokenIds,
+    constraints: Sequence[RowConstraint | None] | None = None,
 ) -> list[int]:
     """Rows that begin a native box answer now: a class slot as their first token after leading spaces
-    (answers are encoded after a space, so the first token is often a bare space)."""
+    (answers are encoded after a space, so the first token is often a bare space). A constrained row (a
+    polygon request) keeps its own format and is never switched to the box slots."""
     is_class = torch.isin(next_ids, torch.tensor(ids.classes[:-1], device=next_ids.device)).tolist()
+    free = [True] * len(rows) if constraints is None else [c is None for c in constraints]
     return [
         r for r, (row, hit) in enumerate(zip(rows, is_class, strict=True))
-        if hit and not row.finished and not model.tokenizer.decode(row.token_ids).strip()
+        if hit and free[r] and not row.finished and not model.tokenizer.decode(row.token_ids).strip()
     ]  # fmt: skip
 
 
