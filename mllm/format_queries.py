@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 ROLES = ("cls", "x1", "y1", "x2", "y2")  # the positions of one slot, in answer order
 IGNORE_INDEX = -100
-# One native box group of an answer: class slot, then exactly four location tokens.
-_BOX_RE = re.compile(r"<cls_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>")
+# One native box group of an answer: class slot, then exactly four location tokens (not a polygon's first four).
+_BOX_RE = re.compile(r"<cls_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>(?!\s*<loc_)")
 
 BoxTarget = tuple[int, tuple[int, int, int, int]]  # (class slot, (x1, y1, x2, y2) bins)
 

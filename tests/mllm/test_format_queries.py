@@ -71,6 +71,7 @@ def test_decoded_slots_write_the_answer_back():
     assert sorted((s.cls, s.bins) for s in slots) == sorted(TARGETS)
     assert sorted(box_targets(slots_text(slots))) == sorted(TARGETS)
     assert slots_text([]) == "none."
+    assert box_targets("<cls_0><loc_1><loc_2><loc_3><loc_4><loc_5><loc_6>") == []  # a polygon is no box
 
 
 def test_decoded_boxes_are_well_formed():
@@ -211,3 +212,26 @@ def test_batched_rows_mixing_slots_and_tokens_equal_rows_alone(format_pipeline):
     assert box_targets(batched[0].raw_text)  # row 0 answered from its slots
     assert [r.raw_text for r in batched] == [r.raw_text for r in alone]
     assert batched[1].raw_text == without_slots.raw_text  # the slots in the prefill change nothing else
+
+
+def test_polygon_requests_keep_their_format(format_pipeline):
+    """A constrained row (an N-point polygon request) is never switched to the box slots."""
+    pipe = format_pipeline
+    bins = pipe.config.model.vocab.location_bins
+    rng = np.random.default_rng(4)
+    sample = next(s for s in (make_sample("polygon", rng, 64, bins) for _ in range(20)) if "<cls_" in s.answer)
+    head = pipe.system.model.tokenizer(" " + sample.answer, add_special_tokens=False)["input_ids"][:2]
+
+    def hook(step, logits):
+        if step < len(head):
+            logits[:] = float("-inf")
+            logits[:, head[step]] = 0.0
+        return logits
+
+    pipe.logits_hook = hook
+    try:
+        resp = pipe(Request(images=[Image.fromarray(sample.image)], instruction=sample.instruction,
+                            options=Options(max_new_tokens=120)))  # fmt: skip
+    finally:
+        pipe.logits_hook = None
+    assert resp.polygons and not resp.detections and not box_targets(resp.raw_text)
