@@ -12,7 +12,8 @@ link states handed to the route's decoder. Generation feeds the same rows after 
 sampled routing token (mllm.generation).
 
 Checkpoint keys follow the attribute names: `llava.*` (the transformers
-LlavaForConditionalGeneration), `queries.<ROUTE>.weight`, `region_encoder.*`.
+LlavaForConditionalGeneration), `queries.<ROUTE>.weight`, `region_encoder.*`, and only when the
+config enables them `format_queries.*` (mllm.format_queries) and `image_tokenizer.*` (mllm.image_tokenizer).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from mllm.config import MLLMConfig, TextConfig, VisionConfig, validate_mapping
+from mllm.format_queries import FormatQueries
+from mllm.image_tokenizer import LanguageGuidedTokenizer
 from mllm.region import RegionEncoder
 from mllm.tokenizer import add_superlink_tokens
 from mllm.types import Generation, LinkStates
@@ -182,6 +185,13 @@ class SuperLinkModel(nn.Module):
             nn.init.normal_(table.weight, std=llava.config.text_config.initializer_range)
         vision_dim = llava.config.vision_config.hidden_size
         self.region_encoder = RegionEncoder(vision_dim, hidden) if self.config.region.enabled else None
+        # VisionLLM v1 options: absent unless the config asks for them, so older checkpoints load unchanged.
+        fq, tok = self.config.format_queries, self.config.image_tokenizer
+        std = llava.config.text_config.initializer_range
+        self.format_queries = FormatQueries(fq.slots, hidden, std) if fq is not None else None
+        n_img = self.config.num_image_tokens
+        heads = llava.config.text_config.num_attention_heads
+        self.image_tokenizer = LanguageGuidedTokenizer(tok, hidden, n_img, heads) if tok is not None else None
         self.to(getattr(torch, self.config.dtype))
         if self.config.lora is not None:
             from mllm.lora import apply_lora
@@ -210,7 +220,11 @@ class SuperLinkModel(nn.Module):
         return patches, projected
 
     def add_image_features(
-        self, embeds: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
+        self,
+        embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        text_mask: torch.Tensor | None = None,  # (B, T) instruction tokens, for the language-guided tokenizer
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scatter projected image features into the <image> slots; also return the patch features."""
         mask = input_ids == self.token_ids.image  # (B, T)
@@ -222,6 +236,8 @@ class SuperLinkModel(nn.Module):
                 )
             return embeds, None
         patches, projected = self.encode_images(pixel_values.to(embeds.dtype))
+        if self.image_tokenizer is not None:
+            projected = self.tokenize_images(projected, embeds, input_ids, text_mask)
         n_img, n_patch = projected.shape[:2]
         if n_tokens != n_img * n_patch:
             raise ModelInputError(
@@ -230,6 +246,32 @@ class SuperLinkModel(nn.Module):
             )
         embeds = embeds.masked_scatter(mask[..., None], projected.to(embeds.dtype))
         return embeds, patches
+
+    def tokenize_images(
+        self, projected: torch.Tensor, embeds: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(N_img, P, D) projected patches -> (N_img, M, D) language-guided visual tokens (mllm.image_tokenizer),
+        each image conditioned on the instruction tokens of the row that holds it."""
+        slots = input_ids == self.token_ids.image  # (B, T)
+        m = self.config.num_image_tokens
+        if int(slots.sum()) != len(projected) * m:
+            raise ModelInputError(
+                f"input_ids hold {int(slots.sum())} <image> tokens but {len(projected)} images need {m} each"
+            )
+        if text_mask is None:
+            text_mask = self.instruction_mask(input_ids)
+        rows = slots.nonzero()[::m, 0]  # (N_img,) row of each image, in scatter order
+        return self.image_tokenizer(projected, embeds[rows], text_mask[rows])
+
+    def instruction_mask(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) bool: the instruction's own text tokens (no <image>/<region>/pad/placeholders), and with
+        `labels` only those before the answer, so the image tokens never see the answer they are trained on."""
+        ids = self.token_ids
+        skip = torch.tensor([ids.image, ids.region, ids.pad, *ids.placeholder.values()], device=input_ids.device)
+        mask = ~torch.isin(input_ids, skip)
+        if labels is not None:
+            mask &= (labels != IGNORE_INDEX).long().cumsum(-1) == 0
+        return mask
 
     def add_regions(
         self,
@@ -299,10 +341,12 @@ class SuperLinkModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         region_masks: torch.Tensor | None = None,
         region_image_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,  # (B, T); marks where answers start (image tokenizer only)
     ) -> torch.Tensor:
         """(B, T) ids plus images/regions -> (B, T, D) LLM input embeddings."""
         embeds = self.embed_inputs(input_ids)
-        embeds, patches = self.add_image_features(embeds, input_ids, pixel_values)
+        text_mask = self.instruction_mask(input_ids, labels) if self.image_tokenizer is not None else None
+        embeds, patches = self.add_image_features(embeds, input_ids, pixel_values, text_mask)
         embeds = self.add_regions(embeds, input_ids, region_masks, region_image_index, patches)
         return self.scatter_route_queries(embeds, input_ids)
 
@@ -348,7 +392,7 @@ class SuperLinkModel(nn.Module):
         labels: torch.Tensor | None = None,  # (B, T), -100 where no loss
     ) -> SuperLinkOutput:
         check_same_shape(input_ids, attention_mask=attention_mask, labels=labels)
-        embeds = self.prepare_embeds(input_ids, pixel_values, region_masks, region_image_index)
+        embeds = self.prepare_embeds(input_ids, pixel_values, region_masks, region_image_index, labels)
         hidden = self.run_llm(embeds, attention_mask).last_hidden_state  # (B, T, D)
         logits = self.lm_logits(hidden)  # (B, T, V)
         loss = lm_loss(logits, labels) if labels is not None else None

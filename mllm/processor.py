@@ -4,7 +4,7 @@ Chat template (Vicuna v1, as LLaVA-1.5 and VisionLLM v2 use):
 
     <s>USER: <image>\\n{instruction} ASSISTANT: {answer}</s>
 
-`<image>` becomes `vision.num_patches` image tokens (the model masked_scatters one projected
+`<image>` becomes `num_image_tokens` image tokens (one per patch by default) (the model masked_scatters one projected
 patch feature into each). `<region>` stays one token per region prompt (the region encoder
 replaces its embedding). In answers, each routing token is followed by its route's query
 placeholders, which carry no label. Rows are LEFT padded so batched generation continues
@@ -56,7 +56,7 @@ class SuperLinkProcessor:
         self.config = config
         self.vocab = Vocabulary.from_config(config)
         self.image_size = config.vision.image_size
-        self.num_image_tokens = config.vision.num_patches
+        self.num_image_tokens = config.num_image_tokens
         self._check_tokenizer()
         ids = tokenizer.convert_tokens_to_ids
         self.image_token_id: int = ids(IMAGE_TOKEN)

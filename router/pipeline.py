@@ -76,6 +76,8 @@ class Pipeline:
         self.deployed_routes = list(deployed_routes if deployed_routes is not None else system.deployed_routes)
         # Optional (step, logits (B, V)) -> logits edit applied during generation (tests and benchmarks force routes).
         self.logits_hook: LogitsHook | None = None
+        # None: native box answers use the model's format queries when it has them; False: token by token.
+        self.format_decoding: bool | None = None
         self._executors: dict[str, Any] = {}  # decoder workers, created on first concurrent call
 
     # ---- construction -----------------------------------------------------------------------
@@ -171,7 +173,9 @@ class Pipeline:
         if self.system.model is None:
             raise RuntimeError("this pipeline was built without the MLLM (with_model=False); it cannot generate")
         t0 = time.perf_counter()
-        gens = run_generation(self.system.model, self.processor, prepared, self.deployed_routes, self.logits_hook)
+        gens = run_generation(
+            self.system.model, self.processor, prepared, self.deployed_routes, self.logits_hook, self.format_decoding
+        )
         elapsed = _ms(t0)
         return [
             GenerationResult(
@@ -440,6 +444,7 @@ def run_generation(
     prepared: Sequence[Prepared],
     deployed_routes: Sequence[str],
     logits_hook: LogitsHook | None = None,
+    format_decoding: bool | None = None,
 ) -> list[Any]:
     """mllm.generation.generate over the batch, one call per group of requests with equal decoding options.
 
@@ -468,6 +473,7 @@ def run_generation(
             model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
             top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
             constraints=constraints if any(c is not None for c in constraints) else None,
+            format_decoding=format_decoding,
         )  # fmt: skip
         for i, g in zip(group, gens, strict=True):
             out[i] = g
