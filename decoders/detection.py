@@ -447,13 +447,19 @@ class DetectionDecoder(nn.Module):
     def link_dim(self) -> int:
         return self.model.config.d_model
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def run(self, batch: DetectionBatch, with_masks: bool) -> LinkDinoOutput:
         """Validate and run the detector; phrase vectors are the mean of each phrase's link queries."""
         validate_batch(batch, self.config, self.link_dim)
-        dtype = self.model.dtype  # link states may arrive in the LLM's dtype
-        text = batch.phrase_states.to(dtype).mean(dim=2)  # (B, P, Q, C) -> (B, P, C)
+        # Inputs arrive from anywhere (CPU images, link states in the LLM's device and dtype): bring them here.
+        device, dtype = self.device, self.model.dtype
+        text = batch.phrase_states.to(device, dtype).mean(dim=2)  # (B, P, Q, C) -> (B, P, C)
         mask_size = self.config.mask_size if with_masks else None
-        return self.model(batch.pixel_values.to(dtype), text, batch.phrase_mask, mask_size=mask_size)
+        pixels, mask = batch.pixel_values.to(device, dtype), batch.phrase_mask.to(device)
+        return self.model(pixels, text, mask, mask_size=mask_size)
 
     def forward(self, batch: DetectionBatch, targets: list[DetectionTarget] | None = None) -> DecoderOutput:
         validate_batch(batch, self.config, self.link_dim)

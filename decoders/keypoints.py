@@ -127,7 +127,7 @@ class KeypointDecoder(nn.Module):
             validate_batch(batch, self.detector.config, self.link_dim)
             self._validate_targets(targets, batch)
         out = self.detector.run(batch, with_masks=False)
-        slots = self.head.slots(batch.phrase_states)  # (B, P, K, C)
+        slots = self.head.slots(batch.phrase_states.to(out.hidden.device, out.hidden.dtype))  # (B, P, K, C)
         phrase_of_query = out.logits[-1].argmax(-1)  # (B, N); padded phrases hold -inf
         if targets is None:
             kp = self.head(out.hidden, slots, phrase_of_query)

@@ -185,7 +185,7 @@ def detector_batch(calls: Sequence[DecoderCall], projected: torch.Tensor, decode
     owners = _by_request(calls)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
-    mask = torch.zeros(len(owners), p_max, dtype=torch.bool)  # (B, P)
+    mask = torch.zeros(len(owners), p_max, dtype=torch.bool, device=projected.device)  # (B, P)
     for b, own in enumerate(owners):
         states[b, : len(own)] = projected[own]
         mask[b, : len(own)] = True
@@ -254,7 +254,7 @@ def detector_train_batch(
     owners = _groups_by_row(rows)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
-    mask = torch.zeros(len(owners), p_max, dtype=torch.bool)
+    mask = torch.zeros(len(owners), p_max, dtype=torch.bool, device=projected.device)
     dec_targets = []
     for b, own in enumerate(owners):
         states[b, : len(own)] = projected[own]

@@ -32,6 +32,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 
+from mllm.devices import resolve_device, resolve_dtype
 from router.bindings import (
     BindingTable,
     DecoderBuilder,
@@ -84,10 +85,13 @@ class Pipeline:
         decoder_builders: Mapping[str, DecoderBuilder] | None = None,
         decoders: Sequence[str] | None = None,
         with_model: bool = True,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> Pipeline:
-        """Random weights from `config`; `decoders` picks which decoders to build (default: all bound)."""
+        """Random weights from `config`; `decoders` picks which decoders to build (default: all bound).
+        `device`/`dtype` override the config's (mllm.devices; "auto" allowed)."""
         system, processor = build_system(config, bindings, decoder_builders, decoders, with_model)
-        return cls(config, system, processor)
+        return cls(config, system, processor).place(device, dtype)
 
     @classmethod
     def from_pretrained(
@@ -97,21 +101,33 @@ class Pipeline:
         decoder_builders: Mapping[str, DecoderBuilder] | None = None,
         decoders: Sequence[str] | None = None,
         with_model: bool = True,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> Pipeline:
         """A folder written by `save_pretrained`, a preset name with a shipped checkpoint
-        (checkpoints/<name>/, e.g. "shapes"), or any other preset name (random weights, e.g. "tiny")."""
+        (checkpoints/<name>/, e.g. "shapes"), or any other preset name (random weights, e.g. "tiny").
+        `device`/`dtype` override the config's (mllm.devices; "auto" allowed)."""
         path = Path(preset_or_dir)
         if not path.is_dir():
             path = shipped_checkpoint(str(preset_or_dir)) or path
         if path.is_dir():
             config, system, processor = load_system(path, bindings, decoder_builders, decoders, with_model)
-            return cls(config, system, processor)
-        return cls.from_config(load_config(preset_or_dir), bindings, decoder_builders, decoders, with_model)
+            return cls(config, system, processor).place(device, dtype)
+        config = load_config(preset_or_dir)
+        return cls.from_config(config, bindings, decoder_builders, decoders, with_model, device, dtype)
 
-    def to(self, device: str | torch.device) -> Pipeline:
-        """Move the model, projectors and decoders (e.g. to "cuda"); inputs follow them."""
-        self.system.to(device)
+    def to(self, device: str | torch.device, dtype: str | torch.dtype | None = None) -> Pipeline:
+        """Move the model, projectors and decoders (device and dtype as in mllm.devices, "auto" allowed);
+        every stage moves its own inputs to its part's device."""
+        device = resolve_device(device)
+        if isinstance(dtype, str):
+            dtype = resolve_dtype(dtype, device)
+        self.system.to(device=device, dtype=dtype)
         return self
+
+    def place(self, device: str | None = None, dtype: str | None = None) -> Pipeline:
+        """Move to `device`/`dtype`, or to the config's `device`/`dtype` where they are None."""
+        return self.to(device or self.config.device, dtype or self.config.dtype)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         return save_system(self.config, self.system, self.processor, Path(out_dir))
