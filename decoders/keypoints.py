@@ -115,7 +115,10 @@ class KeypointDecoder(nn.Module):
 
     @classmethod
     def build(cls, config: KeypointConfig, detector_config: DetectorConfig) -> KeypointDecoder:
-        """A keypoint decoder with its own detector."""
+        """A keypoint decoder with its own detector: the Grounding DINO folder `detector_config.pretrained`
+        when set (the same weights [DET] starts from), else random weights of the configured size."""
+        if detector_config.pretrained:
+            return cls(config, DetectionDecoder.from_pretrained(detector_config.pretrained, detector_config))
         return cls(config, DetectionDecoder(detector_config))
 
     @property

@@ -346,10 +346,18 @@ def build_detector(cfg: SuperLinkConfig) -> nn.Module:
 
 
 def build_keypoints(cfg: SuperLinkConfig) -> nn.Module:
-    """The [POSE] decoder with its own detector (shared weights would tie it to the [DET] replica)."""
+    """The [POSE] decoder with its own detector (loaded from detector.pretrained when set); with
+    keypoints.share_detector, `share_decoders` later swaps in the [DET] decoder's detector."""
     from decoders.keypoints import KeypointDecoder
 
     return KeypointDecoder.build(cfg.decoders.keypoints, cfg.decoders.detector)
+
+
+def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None:
+    """keypoints.share_detector: [POSE] runs on the very detector [DET] runs on (one set of weights in-process).
+    A process holding only the keypoint decoder (a Ray replica) keeps its own copy."""
+    if cfg.decoders.keypoints.share_detector and "keypoints" in decoders and "detector" in decoders:
+        decoders["keypoints"].detector = decoders["detector"]
 
 
 def build_generator(cfg: SuperLinkConfig) -> nn.Module:

@@ -41,6 +41,7 @@ from router.bindings import (
     default_bindings,
     default_decoder_builders,
     run_route,
+    share_decoders,
 )
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
@@ -517,7 +518,9 @@ def _pick_decoders(
     unknown = [d for d in wanted if d not in builders]
     if unknown:
         raise ValueError(f"unknown decoders {unknown}; known: {sorted(builders)}")
-    return {name: builders[name](config) for name in wanted}
+    built = {name: builders[name](config) for name in wanted}
+    share_decoders(config, built)
+    return built
 
 
 def route_table(
