@@ -38,6 +38,7 @@ from decoders.matching import (
     match,
     num_boxes_of,
 )
+from mllm.config import require_folder
 
 Task = Literal["det", "seg", "grd"]
 TASKS: tuple[str, ...] = ("det", "seg", "grd")
@@ -538,7 +539,7 @@ class DetectionDecoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, config: DetectorConfig | None = None) -> DetectionDecoder:
         """Load a transformers Grounding DINO folder (BERT weights dropped, mask head fresh) or a saved decoder."""
-        path = Path(path)
+        path = require_folder(path, "a Grounding DINO checkpoint")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; expected a transformers Grounding DINO folder")
         model = LinkGroundingDino.from_pretrained(path)
@@ -570,7 +571,8 @@ class DetectionDecoder(nn.Module):
         """config.json + model.safetensors (transformers layout, mask head included) + detector.json."""
         path = Path(path)
         self.model.save_pretrained(path)
-        (path / DETECTOR_CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2))
+        saved = self.config.model_copy(update={"pretrained": None})  # the folder itself holds the weights now
+        (path / DETECTOR_CONFIG_FILE).write_text(json.dumps(saved.model_dump(), indent=2))
 
 
 def grounding_picks(scores: torch.Tensor, num_phrases: int) -> list[tuple[int, int]]:

@@ -375,7 +375,8 @@ class SuperLinkModel(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_model(self, str(d / WEIGHTS_FILE))  # shared/tied tensors stored once
-        (d / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        saved = self.config.model_copy(update={"pretrained": None})  # this folder holds the weights now
+        (d / CONFIG_FILE).write_text(saved.model_dump_json(indent=2))
         self.llava.config.to_json_file(str(d / LLAVA_CONFIG_FILE))
         self.tokenizer.save_pretrained(str(d))
 
@@ -407,9 +408,12 @@ class SuperLinkModel(nn.Module):
         d = require_folder(directory, "model.pretrained (a LLaVA checkpoint)")
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d}: no config.json; expected a LlavaForConditionalGeneration folder")
-        llava = LlavaForConditionalGeneration.from_pretrained(
-            str(d), local_files_only=True, dtype=getattr(torch, config.dtype)
+        llava, info = LlavaForConditionalGeneration.from_pretrained(
+            str(d), local_files_only=True, dtype=getattr(torch, config.dtype), output_loading_info=True
         )
+        if info["missing_keys"] or info["mismatched_keys"]:  # transformers would leave those random
+            bad = sorted(info["missing_keys"]) + [str(k) for k in info["mismatched_keys"]]
+            raise ModelInputError(f"{d}: the checkpoint does not fill {len(bad)} weights, e.g. {bad[:4]}")
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
         known = len(tokenizer)
         add_superlink_tokens(tokenizer, Vocabulary.from_config(config))

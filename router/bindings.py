@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -372,6 +373,34 @@ def build_editor(cfg: SuperLinkConfig) -> nn.Module:
 
     c = cfg.decoders.editor
     return EditDecoder.from_pretrained_ip2p(c.pretrained, c) if c.pretrained else EditDecoder(c)
+
+
+DecoderLoader = Callable[[Path], nn.Module]
+
+
+def default_decoder_loaders() -> dict[str, DecoderLoader]:
+    """Decoder name -> loader of the folder its save_pretrained wrote (a self-contained saved system)."""
+    from decoders.detection import DetectionDecoder
+    from decoders.diffusion import EditDecoder, GenerationDecoder
+    from decoders.keypoints import KeypointDecoder
+
+    return {
+        "detector": DetectionDecoder.from_pretrained,
+        "keypoints": KeypointDecoder.from_pretrained,
+        "generator": GenerationDecoder.from_pretrained,
+        "editor": EditDecoder.from_pretrained,
+    }
+
+
+def pretrained_decoders(cfg: SuperLinkConfig, names: Sequence[str]) -> list[str]:
+    """Those of `names` built from a `pretrained` folder (keypoints: from the detector's)."""
+    folder = {
+        "detector": cfg.decoders.detector.pretrained,
+        "keypoints": cfg.decoders.detector.pretrained,
+        "generator": cfg.decoders.generator.pretrained,
+        "editor": cfg.decoders.editor.pretrained,
+    }
+    return [n for n in names if folder.get(n)]
 
 
 # ---- the table ---------------------------------------------------------------------------------

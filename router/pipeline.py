@@ -40,6 +40,8 @@ from router.bindings import (
     check_table,
     default_bindings,
     default_decoder_builders,
+    default_decoder_loaders,
+    pretrained_decoders,
     run_route,
     share_decoders,
 )
@@ -466,7 +468,8 @@ def run_generation(
 # ---- building, saving, loading -----------------------------------------------------------------
 SYSTEM_CONFIG = "superlink.yaml"
 MLLM_DIR = "mllm"
-HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.*
+HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.* (those not saved whole under decoders/)
+DECODERS_DIR = "decoders"  # decoders/<name>/: a decoder loaded from a pretrained folder, saved in its own format
 CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"  # trained presets shipped with the repo
 
 
@@ -556,15 +559,39 @@ def build_system(
 
 
 def save_system(config: SuperLinkConfig, system: SuperLinkSystem, processor: Any, out_dir: Path) -> Path:
-    """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders)."""
+    """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders).
+
+    A decoder that was loaded from a `pretrained` folder is written whole to decoders/<name>/ in its own
+    format instead (architecture included), and the saved config no longer names any pretrained folder:
+    the saved folder is all a later load needs.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     if system.model is not None:
         system.model.save_pretrained(out_dir / MLLM_DIR)
         config = config.model_copy(update={"model": system.model.config})  # records LoRA if applied
-    heads = torch.nn.ModuleDict({"projectors": system.projectors, "decoders": system.decoders})
+    standalone = pretrained_decoders(config, list(system.decoders))
+    for name in standalone:
+        system.decoders[name].save_pretrained(out_dir / DECODERS_DIR / name)
+    heads = _heads(system, standalone)
     save_model(heads, str(out_dir / HEADS_FILE))
-    (out_dir / SYSTEM_CONFIG).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    saved = without_pretrained(config)
+    (out_dir / SYSTEM_CONFIG).write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
     return out_dir
+
+
+def _heads(system: SuperLinkSystem, standalone: Sequence[str]) -> torch.nn.ModuleDict:
+    """projectors.* and decoders.* of the decoders not saved on their own."""
+    kept = {n: d for n, d in system.decoders.items() if n not in standalone}
+    return torch.nn.ModuleDict({"projectors": system.projectors, "decoders": torch.nn.ModuleDict(kept)})
+
+
+def without_pretrained(config: SuperLinkConfig) -> SuperLinkConfig:
+    """`config` with every `pretrained` folder cleared (what a saved, self-contained system records)."""
+    out = config.model_copy(deep=True)
+    out.model.pretrained = None
+    for section in (out.decoders.detector, out.decoders.generator, out.decoders.editor):
+        section.pretrained = None
+    return out
 
 
 def load_system(
@@ -583,11 +610,26 @@ def load_system(
     config = load_config(path / SYSTEM_CONFIG)
     table, builders = route_table(config, bindings, decoder_builders)
     model = SuperLinkModel.from_pretrained(path / MLLM_DIR) if with_model else None
-    system = SuperLinkSystem(model, _pick_decoders(config, table, builders, decoders), table, config.model.text.hidden_size)
-    heads = torch.nn.ModuleDict({"projectors": system.projectors, "decoders": system.decoders})
-    load_model(heads, str(path / HEADS_FILE), strict=decoders is None)
+    built = _load_decoders(path, config, table, builders, decoders)
+    system = SuperLinkSystem(model, built, table, config.model.text.hidden_size)
+    standalone = [n for n in built if (path / DECODERS_DIR / n).is_dir()]
+    load_model(_heads(system, standalone), str(path / HEADS_FILE), strict=decoders is None)
     processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None
     return config, system, processor
+
+
+def _load_decoders(
+    path: Path, config: SuperLinkConfig, table: BindingTable, builders: Mapping[str, DecoderBuilder],
+    decoders: Sequence[str] | None,
+) -> dict[str, Any]:
+    """Decoders saved whole under decoders/<name>/ load from there; the rest are built from the config."""
+    wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
+    loaders = default_decoder_loaders()
+    own = {n for n in wanted if (path / DECODERS_DIR / n).is_dir() and n in loaders}
+    built = _pick_decoders(config, table, builders, [n for n in wanted if n not in own])
+    built.update({n: loaders[n](path / DECODERS_DIR / n) for n in sorted(own)})
+    share_decoders(config, built)
+    return {n: built[n] for n in wanted}
 
 
 def forced_answer_hook(tokenizer: Any, answers: Sequence[str]) -> LogitsHook:

@@ -7,8 +7,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from mllm.embeddings import grow_token_embeddings, load_weights
 from mllm.modeling import SuperLinkModel
-from mllm.vocab import Vocabulary
 from mllm.tokenizer import build_tokenizer
+from mllm.vocab import Vocabulary
 from tests.mllm.test_save_load import CORPUS, plain_tokenizer
 
 
