@@ -55,10 +55,10 @@ def fill_random(module: torch.nn.Module, seed: int = 0) -> None:
     Matrices tile one block of random values (a billion fresh normal draws would take minutes here)."""
     g = torch.Generator().manual_seed(seed)
     block = torch.randn(2 * BLOCK, generator=g).mul_(0.02)
-    blocks: dict[torch.dtype, torch.Tensor] = {}
+    blocks: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
     for name, p in module.named_parameters():
         if p.dim() >= 2:
-            src = blocks.setdefault(p.dtype, block.to(p.dtype))
+            src = blocks.setdefault((p.dtype, p.device), block.to(p.device, p.dtype))
             flat, start = p.view(-1), int(torch.randint(BLOCK, (1,), generator=g))
             for i in range(0, flat.numel(), BLOCK):  # plain copies in the parameter's dtype
                 n = min(BLOCK, flat.numel() - i)
