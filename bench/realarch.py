@@ -151,13 +151,14 @@ def write_grounding_dino(out: Path) -> None:
     """Grounding DINO-T: the library's defaults are the tiny checkpoint's architecture (Swin-T, BERT-base)."""
     with no_init_weights():
         model = GroundingDinoForObjectDetection(GroundingDinoConfig())
+        model.tie_weights()  # the shared box heads, as post_init would tie them
     fill_random(model, seed=2)
     model.save_pretrained(out)
 
 
-def sd_unet(in_channels: int, layers_per_block: int) -> UNet2DConditionModel:
+def sd_unet(in_channels: int, layers_per_block: int, sample_size: int = 64) -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=64, in_channels=in_channels, out_channels=4, layers_per_block=layers_per_block,
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, layers_per_block=layers_per_block,
         block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -182,10 +183,13 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def write_diffusion(out: Path, in_channels: int, scheduler: str, layers_per_block: int = 2) -> None:
-    """A diffusers pipeline folder with fp16-variant weights only (as fetched with variant="fp16")."""
+def write_diffusion(
+    out: Path, in_channels: int, scheduler: str, layers_per_block: int = 2, sample_size: int = 64
+) -> None:
+    """A diffusers pipeline folder with fp16-variant weights only (as fetched with variant="fp16").
+    `sample_size` is the UNet's default latent side (64 = 512 px); it changes no weight."""
     with no_init_weights(), default_dtype(torch.float16):
-        unet, vae = sd_unet(in_channels, layers_per_block), sd_vae()
+        unet, vae = sd_unet(in_channels, layers_per_block, sample_size), sd_vae()
     for part, module, seed in (("unet", unet, 3 + in_channels), ("vae", vae, 5)):
         fill_random(module, seed)
         module.save_pretrained(out / part, variant="fp16", safe_serialization=True)
@@ -198,10 +202,11 @@ def write_diffusion(out: Path, in_channels: int, scheduler: str, layers_per_bloc
 
 
 def build_folders(
-    root: Path, llm_layers: int = 2, vision_layers: int = 2, unet_layers_per_block: int = 2
+    root: Path, llm_layers: int = 2, vision_layers: int = 2, unet_layers_per_block: int = 2, sample_size: int = 64
 ) -> dict[str, Path]:
     """Write the four folders under `root` (skipped when a complete set with these sizes is there)."""
-    spec = {"llm_layers": llm_layers, "vision_layers": vision_layers, "unet_layers_per_block": unet_layers_per_block}
+    spec = {"llm_layers": llm_layers, "vision_layers": vision_layers, "unet_layers_per_block": unet_layers_per_block,
+            "sample_size": sample_size}  # fmt: skip
     folders = {name: root / name for name in ("llava", "grounding-dino-tiny", "stable-diffusion-v1-5", "instruct-pix2pix")}
     done = root / DONE
     if done.is_file() and json.loads(done.read_text()) == spec:
@@ -210,8 +215,8 @@ def build_folders(
         shutil.rmtree(root)
     write_llava(folders["llava"], llm_layers, vision_layers)
     write_grounding_dino(folders["grounding-dino-tiny"])
-    write_diffusion(folders["stable-diffusion-v1-5"], 4, "sd", unet_layers_per_block)
-    write_diffusion(folders["instruct-pix2pix"], 8, "ip2p", unet_layers_per_block)
+    write_diffusion(folders["stable-diffusion-v1-5"], 4, "sd", unet_layers_per_block, sample_size)
+    write_diffusion(folders["instruct-pix2pix"], 8, "ip2p", unet_layers_per_block, sample_size)
     done.write_text(json.dumps(spec))
     return folders
 

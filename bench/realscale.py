@@ -99,6 +99,7 @@ def build_realscale(device: torch.device, dtype: torch.dtype, llm_layers: int, v
         llava = LlavaForConditionalGeneration(llava_config(llm_layers, vision_layers))
         llava.tie_weights()
         gd = LinkGroundingDino(GroundingDinoConfig())
+        gd.tie_weights()
         unets = sd_unet(4, 2), sd_unet(8, 2)
         vaes = sd_vae(), sd_vae()
     for i, m in enumerate([llava, gd, *unets, *vaes]):

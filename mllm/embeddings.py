@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
 
 
 @torch.no_grad()
@@ -36,7 +37,8 @@ def grow_token_embeddings(model: PreTrainedModel, num_tokens: int, known_tokens:
     if known < 1:
         raise ValueError(f"known_tokens must be >= 1 to take a mean, got {known_tokens}")
     means = [m.weight[:known].float().mean(0) for m in _token_matrices(model)]  # (D,) each
-    model.resize_token_embeddings(num_tokens, mean_resizing=False)
+    with no_init_weights():  # every row is set below: old rows copied by transformers, new rows the mean
+        model.resize_token_embeddings(num_tokens, mean_resizing=False)
     for matrix, mean in zip(_token_matrices(model), means, strict=True):
         matrix.weight[old:] = mean.to(matrix.weight.dtype)
     return num_tokens - old

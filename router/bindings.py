@@ -347,18 +347,26 @@ def build_detector(cfg: SuperLinkConfig) -> nn.Module:
 
 
 def build_keypoints(cfg: SuperLinkConfig) -> nn.Module:
-    """The [POSE] decoder with its own detector (loaded from detector.pretrained when set); with
-    keypoints.share_detector, `share_decoders` later swaps in the [DET] decoder's detector."""
+    """The [POSE] decoder with its own detector (loaded from detector.pretrained when set). With
+    keypoints.share_detector the detector is a placeholder until `share_decoders` gives it the real one."""
+    from decoders.detection import DetectionDecoder
     from decoders.keypoints import KeypointDecoder
 
-    return KeypointDecoder.build(cfg.decoders.keypoints, cfg.decoders.detector)
+    det = cfg.decoders.detector
+    if cfg.decoders.keypoints.share_detector and det.pretrained:
+        return KeypointDecoder(cfg.decoders.keypoints, DetectionDecoder(det.model_copy(update={"pretrained": None})))
+    return KeypointDecoder.build(cfg.decoders.keypoints, det)
 
 
 def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None:
-    """keypoints.share_detector: [POSE] runs on the very detector [DET] runs on (one set of weights in-process).
-    A process holding only the keypoint decoder (a Ray replica) keeps its own copy."""
-    if cfg.decoders.keypoints.share_detector and "keypoints" in decoders and "detector" in decoders:
+    """keypoints.share_detector: [POSE] runs on the very detector [DET] runs on (one set of weights in-process);
+    a process holding only the keypoint decoder (a Ray replica) loads its own copy of detector.pretrained."""
+    if not cfg.decoders.keypoints.share_detector or "keypoints" not in decoders:
+        return
+    if "detector" in decoders:
         decoders["keypoints"].detector = decoders["detector"]
+    elif cfg.decoders.detector.pretrained:
+        decoders["keypoints"].detector = build_detector(cfg)
 
 
 def build_generator(cfg: SuperLinkConfig) -> nn.Module:
