@@ -86,9 +86,6 @@ class SuperLinkConfig(StrictModel):
     # The projector of the perception routes ([DET] [SEG] [GRD] [POSE]), by name (router.bindings.PROJECTORS):
     # "relu_mlp" is VisionLLM v2's patch2query; "skip_mlp" adds a linear path that keeps phrases apart.
     link_projector: Literal["relu_mlp", "skip_mlp"] = "relu_mlp"
-    # The projector of [GEN] and [EDIT] (router.bindings.IMAGE_PROJECTORS): "mlp" is VisionLLM v2's emb_proj;
-    # "norm_mlp" layer-normalises the LLM states first, so large hidden states cannot saturate the mapper.
-    image_link_projector: Literal["mlp", "norm_mlp"] = "mlp"
     model: MLLMConfig = MLLMConfig()
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()

@@ -35,7 +35,6 @@ from safetensors.torch import load_model, save_model
 
 from mllm.devices import resolve_device, resolve_dtype
 from router.bindings import (
-    IMAGE_PROJECTORS,
     PROJECTORS,
     BindingTable,
     DecoderBuilder,
@@ -44,7 +43,6 @@ from router.bindings import (
     default_bindings,
     default_decoder_builders,
     default_decoder_loaders,
-    generation_projector,
     perception_projector,
     pretrained_decoders,
     run_route,
@@ -561,10 +559,9 @@ def route_table(
 ) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
     """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
     if bindings is None:
-        chosen = {perception_projector: PROJECTORS[config.link_projector],
-                  generation_projector: IMAGE_PROJECTORS[config.image_link_projector]}
+        perception = PROJECTORS[config.link_projector]
         table = {
-            r: replace(b, projector=chosen.get(b.projector, b.projector))
+            r: replace(b, projector=perception) if b.projector is perception_projector else b
             for r, b in default_bindings().items()
             if r in config.model.routes
         }

@@ -341,7 +341,11 @@ class _Ctx:
 
         The template is drawn from `rng` in every mode, so the draws after it are the same whatever the wording.
         """
-        text = _pick(self.rng, TEMPLATES[key]).format(**kw)
+        return self.word(key, _pick(self.rng, TEMPLATES[key]), **kw)
+
+    def word(self, key: str, chosen: str, **kw: object) -> str:
+        """Word `chosen`, one of the TEMPLATES of `key` already drawn, as this sample's wording asks."""
+        text = chosen.format(**kw)
         if self.wording == "template":
             return text
         w = grammar.render(key, _derived_rng(self.rng, key), self.wording, template=text, templates=TEMPLATES[key], **kw)
@@ -437,7 +441,7 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
             else:
                 groups.append(ctx.codec.encode_box(o.box.tolist(), size, cls=k))
     answer = (", ".join(groups) if groups else "none") + "."
-    instruction = _with_image(template.format(cats=join_words(cats), n=n))
+    instruction = _with_image(ctx.word(task, template, cats=join_words(cats), n=n))
     return TaskSample(task, render(scene), instruction, answer, [], classes=cats, scene=scene)
 
 
