@@ -57,6 +57,19 @@ def load_yaml(path: str | Path, cls: type[M]) -> M:
     return validate_mapping(data, cls, str(path))
 
 
+def require_folder(path: str | Path, what: str) -> Path:
+    """`path` as an existing folder, or FileNotFoundError "folder not found" naming `what` and where it looked.
+
+    Checked before any library sees the path: transformers and diffusers treat a missing local folder
+    as a hub repository name and fail with a confusing connection error.
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        where = "" if p.is_absolute() else f" (relative paths are read from the working directory {Path.cwd()})"
+        raise FileNotFoundError(f"folder not found: {path} ({what}){where}")
+    return p
+
+
 class VisionConfig(StrictModel):
     """CLIP-style vision tower (built from config, or loaded from a LLaVA checkpoint)."""
 

@@ -35,9 +35,11 @@ from transformers import (
     LlavaForConditionalGeneration,
     PreTrainedTokenizerBase,
 )
+from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from mllm.config import MLLMConfig, TextConfig, VisionConfig, validate_mapping
+from mllm.config import MLLMConfig, TextConfig, VisionConfig, require_folder, validate_mapping
+from mllm.embeddings import default_dtype, grow_token_embeddings, load_weights
 from mllm.format_queries import FormatQueries
 from mllm.image_tokenizer import LanguageGuidedTokenizer
 from mllm.region import RegionEncoder
@@ -176,8 +178,7 @@ class SuperLinkModel(nn.Module):
                 build_llava_config(self.config, self.token_ids, len(tokenizer))
             )
         check_llava_config(llava.config, self.token_ids)
-        if llava.get_input_embeddings().num_embeddings < len(tokenizer):
-            llava.resize_token_embeddings(len(tokenizer))  # new rows start at the mean of the old ones
+        grow_token_embeddings(llava, len(tokenizer))  # new rows start at the mean of the old ones
         self.llava = llava
         hidden = llava.config.text_config.hidden_size
         self.queries = nn.ModuleDict({r.name: nn.Embedding(r.num_queries, hidden) for r in self.vocab.routes})
@@ -418,32 +419,49 @@ class SuperLinkModel(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_model(self, str(d / WEIGHTS_FILE))  # shared/tied tensors stored once
-        (d / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        saved = self.config.model_copy(update={"pretrained": None})  # this folder holds the weights now
+        (d / CONFIG_FILE).write_text(saved.model_dump_json(indent=2))
         self.llava.config.to_json_file(str(d / LLAVA_CONFIG_FILE))
         self.tokenizer.save_pretrained(str(d))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SuperLinkModel:
-        """Load what save_pretrained wrote (no pickle; LoRA re-applied when the saved config has it)."""
-        d = Path(directory)
+        """Load what save_pretrained wrote (no pickle; LoRA re-applied when the saved config has it).
+
+        The model is built in its saved dtype without random initialisation, then filled tensor by
+        tensor, so loading never holds a float32 copy or a second copy of the weights.
+        """
+        d = require_folder(directory, "saved SuperLink model")
         for name in (WEIGHTS_FILE, CONFIG_FILE, LLAVA_CONFIG_FILE):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d}: {name} missing; expected a folder written by save_pretrained")
         config = validate_mapping(json.loads((d / CONFIG_FILE).read_text()), MLLMConfig, str(d / CONFIG_FILE))
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-        llava = LlavaForConditionalGeneration(LlavaConfig.from_json_file(str(d / LLAVA_CONFIG_FILE)))
-        model = cls(config, tokenizer, llava=llava)
-        safetensors.torch.load_model(model, str(d / WEIGHTS_FILE), strict=True)
+        with no_init_weights(), default_dtype(getattr(torch, config.dtype)):
+            llava = LlavaForConditionalGeneration(LlavaConfig.from_json_file(str(d / LLAVA_CONFIG_FILE)))
+            llava.tie_weights()  # no_init_weights skips the tying post_init would do
+            model = cls(config, tokenizer, llava=llava)
+        load_weights(model, d / WEIGHTS_FILE)
         return model
 
     @classmethod
     def from_llava(cls, directory: str | Path, config: MLLMConfig) -> SuperLinkModel:
-        """Load a LLaVA-format checkpoint folder (config.json, model.safetensors, tokenizer files) and
-        add SuperLink's tokens (mean-initialised rows), query tables and region encoder."""
-        d = Path(directory)
-        llava = LlavaForConditionalGeneration.from_pretrained(str(d), local_files_only=True)
+        """Load a LLaVA-format checkpoint folder (config.json, model.safetensors, tokenizer files) in
+        `config.dtype` (meta-device init, no float32 copy) and add SuperLink's tokens (rows at the mean
+        of the checkpoint's token rows; spare rows reused), query tables and region encoder."""
+        d = require_folder(directory, "model.pretrained (a LLaVA checkpoint)")
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d}: no config.json; expected a LlavaForConditionalGeneration folder")
+        llava, info = LlavaForConditionalGeneration.from_pretrained(
+            str(d), local_files_only=True, dtype=getattr(torch, config.dtype), output_loading_info=True
+        )
+        if info["missing_keys"] or info["mismatched_keys"]:  # transformers would leave those random
+            bad = sorted(info["missing_keys"]) + [str(k) for k in info["mismatched_keys"]]
+            raise ModelInputError(f"{d}: the checkpoint does not fill {len(bad)} weights, e.g. {bad[:4]}")
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        known = len(tokenizer)
         add_superlink_tokens(tokenizer, Vocabulary.from_config(config))
+        grow_token_embeddings(llava, len(tokenizer), known_tokens=known)
         return cls(config_from_llava(llava.config, config, d), tokenizer, llava=llava)
 
 

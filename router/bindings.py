@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,7 +209,7 @@ def detector_batch(calls: Sequence[DecoderCall], projected: torch.Tensor, decode
     owners = _by_request(calls)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
-    mask = torch.zeros(len(owners), p_max, dtype=torch.bool)  # (B, P)
+    mask = torch.zeros(len(owners), p_max, dtype=torch.bool, device=projected.device)  # (B, P)
     for b, own in enumerate(owners):
         states[b, : len(own)] = projected[own]
         mask[b, : len(own)] = True
@@ -277,7 +278,7 @@ def detector_train_batch(
     owners = _groups_by_row(rows)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
-    mask = torch.zeros(len(owners), p_max, dtype=torch.bool)
+    mask = torch.zeros(len(owners), p_max, dtype=torch.bool, device=projected.device)
     dec_targets = []
     for b, own in enumerate(owners):
         states[b, : len(own)] = projected[own]
@@ -376,10 +377,26 @@ def build_detector(cfg: SuperLinkConfig) -> nn.Module:
 
 
 def build_keypoints(cfg: SuperLinkConfig) -> nn.Module:
-    """The [POSE] decoder with its own detector (shared weights would tie it to the [DET] replica)."""
+    """The [POSE] decoder with its own detector (loaded from detector.pretrained when set). With
+    keypoints.share_detector the detector is a placeholder until `share_decoders` gives it the real one."""
+    from decoders.detection import DetectionDecoder
     from decoders.keypoints import KeypointDecoder
 
-    return KeypointDecoder.build(cfg.decoders.keypoints, cfg.decoders.detector)
+    det = cfg.decoders.detector
+    if cfg.decoders.keypoints.share_detector and det.pretrained:
+        return KeypointDecoder(cfg.decoders.keypoints, DetectionDecoder(det.model_copy(update={"pretrained": None})))
+    return KeypointDecoder.build(cfg.decoders.keypoints, det)
+
+
+def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None:
+    """keypoints.share_detector: [POSE] runs on the very detector [DET] runs on (one set of weights in-process);
+    a process holding only the keypoint decoder (a Ray replica) loads its own copy of detector.pretrained."""
+    if not cfg.decoders.keypoints.share_detector or "keypoints" not in decoders:
+        return
+    if "detector" in decoders:
+        decoders["keypoints"].detector = decoders["detector"]
+    elif cfg.decoders.detector.pretrained:
+        decoders["keypoints"].detector = build_detector(cfg)
 
 
 def build_generator(cfg: SuperLinkConfig) -> nn.Module:
@@ -394,6 +411,34 @@ def build_editor(cfg: SuperLinkConfig) -> nn.Module:
 
     c = cfg.decoders.editor
     return EditDecoder.from_pretrained_ip2p(c.pretrained, c) if c.pretrained else EditDecoder(c)
+
+
+DecoderLoader = Callable[[Path], nn.Module]
+
+
+def default_decoder_loaders() -> dict[str, DecoderLoader]:
+    """Decoder name -> loader of the folder its save_pretrained wrote (a self-contained saved system)."""
+    from decoders.detection import DetectionDecoder
+    from decoders.diffusion import EditDecoder, GenerationDecoder
+    from decoders.keypoints import KeypointDecoder
+
+    return {
+        "detector": DetectionDecoder.from_pretrained,
+        "keypoints": KeypointDecoder.from_pretrained,
+        "generator": GenerationDecoder.from_pretrained,
+        "editor": EditDecoder.from_pretrained,
+    }
+
+
+def pretrained_decoders(cfg: SuperLinkConfig, names: Sequence[str]) -> list[str]:
+    """Those of `names` built from a `pretrained` folder (keypoints: from the detector's)."""
+    folder = {
+        "detector": cfg.decoders.detector.pretrained,
+        "keypoints": cfg.decoders.detector.pretrained,
+        "generator": cfg.decoders.generator.pretrained,
+        "editor": cfg.decoders.editor.pretrained,
+    }
+    return [n for n in names if folder.get(n)]
 
 
 # ---- the table ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from decoders.config import DecodersConfig
 from mllm.config import MLLMConfig, StrictModel, load_yaml
+from mllm.devices import DtypeName
 
 PARAM_GROUPS = ("queries", "projectors", "decoders", "llm", "region")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -89,6 +90,11 @@ class SuperLinkConfig(StrictModel):
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    # Where the whole pipeline runs (mllm.devices): "auto" is this process's GPU when it has one, else the CPU;
+    # dtype "auto" is bf16 (fp16 without bf16) on a GPU and leaves CPU weights as built. Serving sets them per
+    # deployment (configs/serve.yaml).
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: DtypeName = Field("auto", description="auto or float32, bfloat16, float16")
 
 
 def load_config(preset_or_path: str | Path) -> SuperLinkConfig:

@@ -36,7 +36,7 @@ class MLLMDeployment:
     """prepare + generate + plan; concurrent callers share one batched generate."""
 
     def __init__(self, config: ServeConfig):
-        self.engine = MLLMEngine(make_engine(config, decoders=[], with_model=True))
+        self.engine = MLLMEngine(make_engine(config, decoders=[], with_model=True, placement=config.mllm.placement()))
         batching = config.mllm.batching
         self.batching = batching.enabled
         self.front_batched.set_max_batch_size(batching.max_batch_size)
@@ -61,7 +61,9 @@ class DecoderDeployment:
     """One decoder; `__call__` batches calls from many ingress requests into one decoder run."""
 
     def __init__(self, config: ServeConfig, decoder_name: str):
-        self.engine = DecoderEngine(make_engine(config, decoders=[decoder_name], with_model=False), decoder_name)
+        placement = config.decoders[decoder_name].placement()
+        engine = make_engine(config, decoders=[decoder_name], with_model=False, placement=placement)
+        self.engine = DecoderEngine(engine, decoder_name)
         batching = config.decoders[decoder_name].batching
         self.batching = batching.enabled
         self.run_batched.set_max_batch_size(batching.max_batch_size)
