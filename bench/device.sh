@@ -6,7 +6,8 @@
 #
 # Assumptions (the device machine has no internet and gets a copy of the working tree):
 #   - it has its own python with a CUDA build of torch (checked below: torch.cuda.is_available());
-#   - SuperLink's other dependencies are either installed there or installable from a local wheel cache;
+#   - SuperLink's other dependencies are either installed there or carried as wheels: run bench/device_wheels.sh
+#     here first and name ".whl" in the device call's carry (the H200 image lacks diffusers, pycocotools, pydantic);
 #     the kit installs the project itself with `pip install -e . --no-deps` into a venv that sees the system's
 #     site-packages (so the machine's CUDA torch is reused, never replaced), and only tries `pip install` for
 #     the dependencies that fail to import (offline, that attempt fails fast and is reported);
@@ -28,6 +29,7 @@ if [ "$MODE" != "--cpu" ]; then
   fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the working tree's packages, installed or not
+source bench/device_wheels.sh --install   # diffusers, pycocotools, pydantic...: carried as .whl/ (bench/device_wheels.sh)
 if "$PY" -c 'import torch, transformers, diffusers, peft, pytest' 2>/dev/null; then
   VPY="$PY"                                           # everything is there already: use it as it is
 else
