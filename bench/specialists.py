@@ -1,6 +1,11 @@
 """Specialist ceilings: each task trained alone for the same CPU budget, against the shipped generalist.
 
-    python bench/specialists.py [--budget-min 6 | --steps 500] [--n 500] [--only DET,vqa] [--json]
+    python bench/specialists.py [--budget-cpu-min 3 | --budget-min 6 | --steps 500] [--n 500] [--only DET,vqa] [--json]
+    python bench/specialists.py --merge A.json B.json ... --json     # combine runs saved with --save
+
+The budget is per specialist: CPU minutes of this process (the default; at OMP_NUM_THREADS=1 the work
+one core does, whatever else the machine runs), wall minutes, or steps. Shards of one comparison can
+run as separate processes (--only ... --save X.json) and be combined with --merge.
 
 Decoder families (DET SEG GRD POSE GEN EDIT): the decoder of the config's `decoders:` section trained
 alone on its ShapesWorld task, conditioned on the reference phrase (the prompt for GEN / EDIT) through
@@ -50,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="configs/shapes.yaml", help="preset name or YAML whose model/decoders train")
     p.add_argument("--model", default="shapes", help="generalist to compare against (preset or saved folder)")
     budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-cpu-min", type=float, default=None,
+                        help="CPU minutes (this process) of training per specialist (default 3)")
     budget.add_argument("--budget-min", type=float, default=None, help="wall minutes of training per specialist")
     budget.add_argument("--steps", type=int, default=None, help="training steps per specialist")
     p.add_argument("--n", type=int, default=500, help="total val scenes, as `superlink eval --n`")
@@ -63,10 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-generalist", action="store_true", help="skip the generalist (ratios are null)")
     p.add_argument("--save", default=None, help="write the running results here (JSON) after each specialist")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine results saved by --save (no training); later files win on shared keys")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
-    if args.budget_min is None and args.steps is None:
-        args.budget_min = 6.0
+    if args.budget_min is None and args.steps is None and args.budget_cpu_min is None:
+        args.budget_cpu_min = 3.0
     names = [s.strip() for s in args.only.split(",") if s.strip()]
     names = [s.upper() if s.upper() in DECODER_TASKS else s for s in names]
     unknown = [s for s in names if s not in NAMES]
@@ -95,8 +104,8 @@ def log(msg: str) -> None:
 
 
 def table(summary: dict[str, Any]) -> str:
-    rows = ["| specialist | metric | specialist | generalist | ratio (gen/spec) | steps | train s |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| specialist | metric | specialist | generalist | ratio (gen/spec) | steps | train CPU s | train wall s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
 
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -106,44 +115,73 @@ def table(summary: dict[str, Any]) -> str:
             if f"specialist.{m}" not in summary:
                 continue
             rows.append(f"| {name} | {m} | {fmt(summary[f'specialist.{m}'])} | {fmt(summary.get(f'generalist.{m}'))} "
-                        f"| {fmt(summary.get(f'ratio.{m}'))} | {summary[f'steps.{name}']} | {summary[f'train_s.{name}']} |")
+                        f"| {fmt(summary.get(f'ratio.{m}'))} | {summary[f'steps.{name}']} | {fmt(summary.get(f'train_cpu_s.{name}'))} "
+                        f"| {summary[f'train_s.{name}']} |")
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    budget_s = None if args.budget_min is None else 60.0 * args.budget_min
-    t0 = time.perf_counter()
-    log(f"generalist {args.model} at n={args.n}")
-    general = generalist_metrics(args)
-    summary: dict[str, Any] = {"config": args.config, "model": args.model, "n": args.n, "split": args.split,
-                               "budget_min": args.budget_min, "steps": args.steps, "threads": args.threads}
-    special: dict[str, Any] = {}
-    for name in args.names:
-        log(f"training {name} ({'%.1f min' % args.budget_min if budget_s else '%d steps' % args.steps})")
-        spec = train_specialist(cfg, name, budget_s=budget_s, steps=args.steps, seed=args.seed, encoder=args.encoder,
-                                log=log)
-        scores = evaluate_specialist(spec, split=args.split, n=args.n, seed=args.seed)
-        log(f"{name}: {spec.steps} steps, final loss {sum(spec.losses[-50:]) / len(spec.losses[-50:]):.4f}, {scores}")
-        summary[f"steps.{name}"], summary[f"train_s.{name}"] = spec.steps, spec.train_s
-        summary[f"scenes.{name}"] = scores["scenes"]
-        for m in spec.metrics:
-            special[m] = scores[m]
-            summary[f"specialist.{m}"] = scores[m]
-            summary[f"generalist.{m}"] = general.get(m)
-        del spec
-        if args.save:
-            Path(args.save).write_text(json.dumps(summary, indent=1))
+def finish(summary: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Ratios over every specialist in `summary`, then the table and (with --json) the JSON line."""
+    special = {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("specialist.")}
+    general = {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("generalist.")}
     summary.update({f"ratio.{m}": r for m, r in ratios(special, general).items() if m in special})
-    summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    if args.save:
-        Path(args.save).write_text(json.dumps(summary, indent=1))
     print(table(summary))
     if args.json:
         print(json.dumps(summary))
     return summary
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        if summary and part.get("n") != summary.get("n"):
+            raise SystemExit(f"{path} was scored at n={part.get('n')}, the others at n={summary.get('n')}")
+        summary.update({k: v for k, v in part.items() if v is not None or k not in summary})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.merge:
+        return finish(merge(args.merge), args)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    if args.budget_cpu_min is not None:
+        budget_s, clock, what = 60.0 * args.budget_cpu_min, "cpu", f"{args.budget_cpu_min:g} CPU min"
+    elif args.budget_min is not None:
+        budget_s, clock, what = 60.0 * args.budget_min, "wall", f"{args.budget_min:g} wall min"
+    else:
+        budget_s, clock, what = None, "wall", f"{args.steps} steps"
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"config": args.config, "model": args.model, "n": args.n, "split": args.split,
+                               "budget": what, "threads": args.threads}
+    if not args.no_generalist:
+        log(f"generalist {args.model} at n={args.n}")
+        general = generalist_metrics(args)
+        summary.update({f"generalist.{m}": general.get(m) for m in TARGET_METRICS})
+        if args.save:
+            Path(args.save).write_text(json.dumps(summary, indent=1))
+    for name in args.names:
+        log(f"training {name} ({what})")
+        spec = train_specialist(cfg, name, budget_s=budget_s, steps=args.steps, seed=args.seed, encoder=args.encoder,
+                                log=log, clock=clock)
+        scores = evaluate_specialist(spec, split=args.split, n=args.n, seed=args.seed)
+        tail = spec.losses[-50:]
+        log(f"{name}: {spec.steps} steps, last-50 loss {sum(tail) / max(len(tail), 1):.4f}, {scores}")
+        summary[f"steps.{name}"], summary[f"train_s.{name}"] = spec.steps, spec.train_s
+        summary[f"train_cpu_s.{name}"], summary[f"scenes.{name}"] = spec.train_cpu_s, scores["scenes"]
+        summary[f"loss_first50.{name}"] = round(sum(spec.losses[:50]) / max(len(spec.losses[:50]), 1), 4)
+        summary[f"loss_last50.{name}"] = round(sum(tail) / max(len(tail), 1), 4)
+        for m in spec.metrics:
+            summary[f"specialist.{m}"] = scores[m]
+        del spec
+        if args.save:
+            Path(args.save).write_text(json.dumps(summary, indent=1))
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    if args.save:
+        Path(args.save).write_text(json.dumps(summary, indent=1))
+    return finish(summary, args)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ class Specialist:
     processor: Any = None  # language specialists only
     encoder: PhraseEncoder | None = None  # decoder specialists only
     steps: int = 0
-    train_s: float = 0.0
+    train_s: float = 0.0  # wall seconds of training
+    train_cpu_s: float | None = None  # CPU seconds of training (when the budget was CPU time)
     losses: list[float] = field(default_factory=list)  # one per step
 
     @property
@@ -162,6 +163,7 @@ def task_samples(cfg: SuperLinkConfig, task: str, step: int, seed: int) -> list[
 
 
 TASK_INDEX = {t: i for i, t in enumerate(FAMILIES)}
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 # ---- decoder specialists -------------------------------------------------------------------------
@@ -203,13 +205,18 @@ def _params(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
 
 def _run_loop(spec: Specialist, loss_fn: Callable[[list[TaskSample]], torch.Tensor], opt: torch.optim.Optimizer,
               sched: Any, params: list[nn.Parameter], budget_s: float | None, steps: int | None, seed: int,
-              log: Callable[[str], None] | None) -> Specialist:
+              log: Callable[[str], None] | None, clock: str = "wall") -> Specialist:
+    """Train until `steps` or until `budget_s` seconds of `clock` ("wall", or "cpu": this process's CPU
+    time, which a shared machine's other jobs do not eat into) have passed."""
     if budget_s is None and steps is None:
-        raise ValueError("give a wall-clock budget (budget_s) or a number of steps")
+        raise ValueError("give a time budget (budget_s) or a number of steps")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; accepted: {', '.join(CLOCKS)}")
     clip = spec.cfg.training.max_grad_norm
-    t0 = time.perf_counter()
+    now = CLOCKS[clock]
+    t0, c0 = time.perf_counter(), now()
     step = 0
-    while (steps is None or step < steps) and (budget_s is None or time.perf_counter() - t0 < budget_s):
+    while (steps is None or step < steps) and (budget_s is None or now() - c0 < budget_s):
         torch.manual_seed(seed * 1_000_003 + step)  # diffusion noise / timesteps, as training.train.seed_step
         loss = loss_fn(task_samples(spec.cfg, spec.task, step, seed))
         opt.zero_grad(set_to_none=True)
@@ -222,14 +229,16 @@ def _run_loop(spec: Specialist, loss_fn: Callable[[list[TaskSample]], torch.Tens
         step += 1
         if log and step % 100 == 0:
             log(f"{spec.name} step {step} loss {np.mean(spec.losses[-100:]):.4f} ({time.perf_counter() - t0:.0f}s)")
-    spec.steps, spec.train_s = step, round(time.perf_counter() - t0, 1)
+    spec.steps, spec.train_s, spec.train_cpu_s = step, round(time.perf_counter() - t0, 1), round(now() - c0, 1)
+    if clock == "wall":
+        spec.train_cpu_s = None
     return spec
 
 
 def train_decoder_specialist(cfg: SuperLinkConfig, route: str, budget_s: float | None = None,
                              steps: int | None = None, seed: int = 0, encoder: str | None = None,
                              lr: float = 6e-4, encoder_lr: float = 1e-3, warmup: int = 200,
-                             log: Callable[[str], None] | None = None) -> Specialist:
+                             log: Callable[[str], None] | None = None, clock: str = "wall") -> Specialist:
     """AdamW on the decoder (lr: the joint stage's decoder rate) and the encoder (the queries' rate)."""
     torch.manual_seed(seed)
     spec = build_decoder_specialist(cfg, route, encoder)
@@ -240,7 +249,7 @@ def train_decoder_specialist(cfg: SuperLinkConfig, route: str, budget_s: float |
                             weight_decay=cfg.training.weight_decay)
     sched = build_scheduler(opt, StageConfig(name="specialist", steps=1, warmup_steps=warmup, lr={}))
     return _run_loop(spec, lambda s: decoder_specialist_loss(spec, s), opt, sched, dec + enc, budget_s, steps, seed,
-                     log)
+                     log, clock)
 
 
 class ReferencePipeline(Pipeline):
@@ -312,7 +321,7 @@ def _pick(spec: Specialist, scores: dict[str, Any], scored: Sequence[Scored]) ->
 # ---- language specialists ------------------------------------------------------------------------
 def train_language_specialist(cfg: SuperLinkConfig, task: str, budget_s: float | None = None,
                               steps: int | None = None, seed: int = 0,
-                              log: Callable[[str], None] | None = None) -> Specialist:
+                              log: Callable[[str], None] | None = None, clock: str = "wall") -> Specialist:
     """The config's SuperLink model (no decoders) trained on `task` alone with the LM loss, at the rates
     of the config's first LM-only stage (else its first stage)."""
     if task not in LANGUAGE_TASKS:
@@ -331,7 +340,7 @@ def train_language_specialist(cfg: SuperLinkConfig, task: str, budget_s: float |
     def loss_fn(samples: list[TaskSample]) -> torch.Tensor:
         return joint_loss(system, collate(processor, samples), decoders=False).total
 
-    return _run_loop(spec, loss_fn, opt, sched, params, budget_s, steps, seed, log)
+    return _run_loop(spec, loss_fn, opt, sched, params, budget_s, steps, seed, log, clock)
 
 
 def evaluate_language_specialist(spec: Specialist, split: str = "val", n: int = 500, seed: int = 0,
