@@ -25,6 +25,7 @@ from training.specialists import (
     train_specialist,
 )
 
+
 @pytest.fixture
 def no_mllm(monkeypatch):
     """Any attempt to build the MLLM fails: decoder specialists must not need it."""
@@ -113,6 +114,15 @@ def test_language_specialist_trains_the_model_on_one_task(tiny_config):
     assert out["scenes"] == 1 and out["vqa_acc"] in (0.0, 1.0)
 
 
+def test_cpu_budget_stops_training(tiny_config, no_mllm):
+    spec = train_specialist(tiny_config, "SEG", budget_s=0.5, clock="cpu")
+    assert spec.steps >= 1 and spec.train_cpu_s is not None and 0.5 <= spec.train_cpu_s < 30
+    with pytest.raises(ValueError, match="unknown clock"):
+        train_specialist(tiny_config, "SEG", budget_s=0.5, clock="gpu")
+    with pytest.raises(ValueError, match="time budget"):
+        train_specialist(tiny_config, "SEG")
+
+
 def test_ratios():
     r = ratios({"det_ap": 0.5, "seg_ap": 0.0, "vqa_acc": 0.8}, {"det_ap": 0.25, "seg_ap": 0.1, "vqa_acc": None})
     assert r["det_ap"] == 0.5 and r["seg_ap"] is None and r["vqa_acc"] is None and r["gen_acc"] is None
@@ -126,13 +136,19 @@ def test_bench_prints_specialist_generalist_and_ratio(tmp_path, capsys, no_mllm)
     bench.main(args)
     stdout = capsys.readouterr().out
     out = json.loads(stdout.strip().splitlines()[-1])
-    assert out == json.loads((tmp_path / "partial.json").read_text())
+    assert {k: v for k, v in out.items() if not k.startswith("ratio.")} == json.loads((tmp_path / "partial.json").read_text())
     assert out["steps.DET"] == 2 and out["generalist.det_ap"] == 0.2
     for m in ("det_ap", "det_ap50"):
         s = out[f"specialist.{m}"]
         assert s is not None and 0.0 <= s <= 1.0
         assert out[f"ratio.{m}"] == (None if s == 0 else round(general[m] / s, 3))
     assert "| DET | det_ap |" in stdout
+    # shards saved by --save combine with --merge into the same table and ratios
+    other = {"n": 11, "specialist.vqa_acc": 0.5, "generalist.vqa_acc": 0.25, "steps.vqa": 9, "train_s.vqa": 1.0}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    merged = bench.main(["--merge", str(tmp_path / "partial.json"), str(tmp_path / "other.json")])
+    assert merged["ratio.vqa_acc"] == 0.5 and merged["specialist.det_ap"] == out["specialist.det_ap"]
+    capsys.readouterr()
     with pytest.raises(SystemExit, match="n=11"):  # a generalist result at another n is refused
         bench.main(args[:5] + ["22"] + args[6:])
     with pytest.raises(SystemExit):
