@@ -58,6 +58,9 @@ DEFAULT_ENCODER: dict[str, str] = {"DET": "mean", "SEG": "mean", "POSE": "mean",
                                    "EDIT": "attn"}
 ENCODERS = ("mean", "attn")
 UNK = 0
+TASK_INDEX = {t: i for i, t in enumerate(FAMILIES)}  # seeds a task's training batches
+# budget clocks: wall time, or this process's CPU time (what a shared machine's other jobs do not eat into)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 _WORD = re.compile(r"[a-z0-9]+")
 _ROUTE_TOKEN = re.compile(r"\[([A-Z]+)\]")
 
@@ -162,8 +165,6 @@ def task_samples(cfg: SuperLinkConfig, task: str, step: int, seed: int) -> list[
             for _ in range(cfg.training.batch_size)]
 
 
-TASK_INDEX = {t: i for i, t in enumerate(FAMILIES)}
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 # ---- decoder specialists -------------------------------------------------------------------------
