@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,14 @@ from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 
 from router.bindings import (
+    PROJECTORS,
     BindingTable,
     DecoderBuilder,
     SuperLinkSystem,
     check_table,
     default_bindings,
     default_decoder_builders,
+    perception_projector,
     run_route,
 )
 from router.config import SuperLinkConfig, load_config
@@ -349,9 +352,15 @@ __all__ = ["Pipeline", "RequestError", "np"]
 
 # ---- prepare helpers ------------------------------------------------------------------------
 def prepare_request(req: Request, index: int, config: SuperLinkConfig) -> Prepared:
-    """Decode images (mllm.images.load_image), turn region prompts into masks, bind class slots."""
+    """Decode images (mllm.images.load_image), turn region prompts into masks, bind class slots, and read
+    how locations are to be answered (boxes, or polygons of the requested point count)."""
     from mllm.images import ImageError, load_image
-    from mllm.localize import parse_class_list
+    from mllm.localize import LocalizeError, localize_request, parse_class_list
+
+    try:
+        localization = localize_request(req.instruction)
+    except LocalizeError as err:
+        raise RequestError(f"request {index}: {err}") from None
 
     images = []
     for k, data in enumerate(req.images):
@@ -367,6 +376,8 @@ def prepare_request(req: Request, index: int, config: SuperLinkConfig) -> Prepar
         regions=regions,
         options=req.options,
         classes=list(parse_class_list(req.instruction)),
+        localize=localization.mode,
+        polygon_points=localization.points,
     )
 
 
@@ -378,6 +389,15 @@ def region_dict(region: Any, image: np.ndarray, index: int, k: int) -> dict[str,
         if tuple(region.mask.size) != (h, w):
             raise RequestError(f"request {index}: regions[{k}].mask has size (h, w) {region.mask.size}, image is {(h, w)}")
         out["mask"] = {"size": list(region.mask.size), "counts": region.mask.counts}
+        return out
+    if region.scribble is not None:
+        from mllm.scribble import ScribbleError, check_scribble
+
+        try:
+            lines, width = check_scribble(region.scribble.lines, region.scribble.width, (w, h))
+        except ScribbleError as err:
+            raise RequestError(f"request {index}: regions[{k}]: {err}") from None
+        out.update(scribble=lines, width=width)
         return out
     xy = region.box if region.box is not None else region.point
     for j, v in enumerate(xy):
@@ -421,8 +441,12 @@ def run_generation(
     deployed_routes: Sequence[str],
     logits_hook: LogitsHook | None = None,
 ) -> list[Any]:
-    """mllm.generation.generate over the batch, one call per group of requests with equal decoding options."""
+    """mllm.generation.generate over the batch, one call per group of requests with equal decoding options.
+
+    A polygon request decodes under its processor constraint, so each polygon has exactly the requested points.
+    """
     from mllm.generation import generate
+    from mllm.localize import LocalizeRequest
 
     out: list[Any] = [None] * len(prepared)
     for group in generation_groups(prepared):
@@ -437,9 +461,13 @@ def run_generation(
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         allowed = [[r.strip("[]") for r in p.options.routes] if p.options.routes is not None else deployed_routes for p in rows]
         o = rows[0].options
+        constraints = [
+            processor.decoding_constraint(LocalizeRequest(p.localize, p.polygon_points), len(p.classes)) for p in rows
+        ]
         gens = generate(
             model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
             top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
+            constraints=constraints if any(c is not None for c in constraints) else None,
         )  # fmt: skip
         for i, g in zip(group, gens, strict=True):
             out[i] = g
@@ -509,7 +537,12 @@ def route_table(
 ) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
     """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
     if bindings is None:
-        table = {r: b for r, b in default_bindings().items() if r in config.model.routes}
+        perception = PROJECTORS[config.link_projector]
+        table = {
+            r: replace(b, projector=perception) if b.projector is perception_projector else b
+            for r, b in default_bindings().items()
+            if r in config.model.routes
+        }
     else:
         table = dict(bindings)
     builders = dict(default_decoder_builders() if decoder_builders is None else decoder_builders)
