@@ -111,6 +111,11 @@ class Request(SchemaModel):
     instruction: str = Field(min_length=1, max_length=4000)
     regions: list[RegionPrompt] = Field(default_factory=list, max_length=16)
     options: Options = Field(default_factory=Options)
+    stream: bool = Field(
+        False,
+        description="over HTTP: answer as server-sent events (text, then each decoder's part as it finishes, "
+        "then the whole Response); ignored in-process",
+    )
 
     @field_validator("images", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ over an in-process Pipeline (`create_app(pipeline)` + uvicorn).
     GET  /v1/routes   deployed routes, decoders and their batch statistics
     GET  /healthz     liveness
     GET  /docs        OpenAPI UI
+    GET  /            the web page (services/web/)
 
 The server never fetches URLs or reads client-given paths: Request validation without an
 image_root rejects {"path": ...} images.
@@ -30,6 +31,8 @@ from starlette.formparsers import MultiPartParser
 from router.schemas import Request, Response
 from services.config import HTTPConfig
 from services.engines import Backend, IngressLogic, LocalBackend, ServiceError
+from services.streaming import SSE_RESPONSES, stream_response
+from services.web import mount_web
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -150,9 +153,10 @@ def create_app(engine: Any, http: HTTPConfig | None = None) -> FastAPI:
         _check_auth(http_request, token)
         return await backend.describe()
 
-    @app.post("/v1/tasks", response_model=Response, responses=_ERRORS, openapi_extra=_openapi_body())
-    async def tasks(http_request: HTTPRequest) -> Response:
-        """Run one request; a failed decoder part comes back as an entry in `errors`, with status 200."""
+    @app.post("/v1/tasks", response_model=Response, responses={**SSE_RESPONSES, **_ERRORS}, openapi_extra=_openapi_body())
+    async def tasks(http_request: HTTPRequest) -> Any:
+        """Run one request; a failed decoder part comes back as an entry in `errors`, with status 200.
+        With `"stream": true` the answer is server-sent events (services/streaming.py)."""
         _check_auth(http_request, token)
         body = await read_body(http_request, http.max_body_bytes)
         content_type = http_request.headers.get("content-type", "")
@@ -162,9 +166,12 @@ def create_app(engine: Any, http: HTTPConfig | None = None) -> FastAPI:
             request = parse_json_request(body)
         else:
             raise ServiceError(415, f"unsupported content type {content_type!r}; send application/json or multipart/form-data")
+        if request.stream:
+            return await stream_response(logic, request)
         return await logic.handle(request)
 
     _add_request_schema(app)
+    mount_web(app)
     app.state.logic = logic
     return app
 

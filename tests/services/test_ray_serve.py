@@ -104,3 +104,19 @@ def test_killed_decoder_replica_is_restarted(url):
             assert draw.errors[0].kind in ("decoder_failed", "timeout")  # a 200 with the failed part named
             time.sleep(1.0)
     assert draw is not None and draw.errors == [] and len(draw.images) == 1
+
+
+def test_streamed_compound_request_on_ray(url):
+    """The ingress streams the parts from the decoder deployments as they finish: detections before a
+    generation made slower with many diffusion steps; the last event is the whole response."""
+    with SuperLinkClient(url, timeout=120) as sl:
+        events = list(sl.stream("detect the stars, draw a green square", images=[_image()], options={**OPTIONS, "steps": 40, "seed": 1}))
+        plain = sl.tasks("detect the stars, draw a green square", images=[_image()], options={**OPTIONS, "steps": 40, "seed": 1})
+    assert [(e.event, e.data.get("decoder")) for e in events] == [
+        ("text", None), ("part", "detector"), ("part", "generator"), ("response", None)
+    ]
+    assert events[0].data["routes"] == ["DET", "GEN"]
+    assert events[1].data["detections"] and len(events[2].data["images"]) == 1
+    assert events[2].data["elapsed_ms"] > events[1].data["elapsed_ms"]
+    final = events[-1].response
+    assert final.detections == plain.detections and final.images == plain.images and final.text == plain.text

@@ -1,0 +1,137 @@
+"""Streamed answers: `POST /v1/tasks` with `"stream": true` answers with server-sent events.
+
+    event: text       once the MLLM stage is done: the answer text (each routing marker shown as "(…)"
+                      until its part arrives), raw_text, routes, natively localised items, the parts
+                      still to come (`pending`: route, phrase, decoder) and the stage timings so far
+    event: part       one per decoder, in the order they finish (a detector is not held up by
+                      diffusion): that decoder's items, grouped like the Response's lists
+                      (detections, polygons, points, keypoints, images), its part errors and its time
+    event: response   last: the whole Response, equal to the non-streamed answer
+    event: error      only if something breaks after the stream began: {"status", "detail"}
+
+Everything that can be refused is refused before the stream starts (bad body, bad image, a request the
+model rejects, a failed or timed-out model stage), with the same status and JSON body as without
+`stream`; so a client sees an event stream only for a request that is being answered. Text arrives
+once per request (after batched generation), not token by token: generation stays one batched call.
+
+The orchestration is the IngressLogic's (services/engines.py), so the same code streams over an
+in-process Pipeline (`superlink serve --no-ray`) and on the Ray Serve ingress, whose decoder calls go
+to the decoder deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.sse import EventSourceResponse, format_sse_event
+
+from router.response import sort_items
+from router.schemas import Request
+from services.engines import IngressLogic, Planned, ServiceError, check_images
+
+log = logging.getLogger(__name__)
+
+PENDING = "(…)"  # shown in the text event where a routing marker's part has not arrived yet
+_NOT_RUN = "(not run)"  # what assembly writes for a marker whose result is missing
+
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the Response as JSON; with `\"stream\": true`, server-sent events "
+        "`text`, `part` (one per decoder, as each finishes) and `response` (the whole Response)",
+        "content": {"text/event-stream": {"schema": {"type": "string", "description": "SSE events; data is JSON"}}},
+    }
+}
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event whose data is JSON (FastAPI's own SSE encoder)."""
+    return format_sse_event(data_str=json.dumps(data, separators=(",", ":")), event=event)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _items_json(items: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    """Items grouped under the Response's list names, as JSON."""
+    return {key: [it.model_dump(mode="json") for it in group] for key, group in sort_items(items).items()}
+
+
+async def stream_response(logic: IngressLogic, request: Request) -> EventSourceResponse:
+    """Run the model stage now (errors keep their HTTP status), then stream the decoders' parts."""
+    check_images(request, logic.http.max_image_pixels)
+    limit = min(request.options.timeout_s or logic.http.request_timeout_s, logic.http.request_timeout_s)
+    deadline = time.monotonic() + limit
+    t0 = time.perf_counter()
+    planned = await logic._front(request, deadline, limit)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return EventSourceResponse(events(logic, planned, deadline, t0), headers=headers)
+
+
+async def events(logic: IngressLogic, planned: Planned, deadline: float, t0: float) -> AsyncIterator[bytes]:
+    """text, then one part per decoder as it finishes, then the whole response."""
+    names = list(planned.plan)
+    tasks = {asyncio.ensure_future(_run(logic, n, planned.plan[n], deadline)): n for n in names}
+    try:
+        yield sse("text", await _text_event(logic, planned))
+        results: dict[str, list[Any]] = {}
+        timings: dict[str, float] = {}
+        for next_done in asyncio.as_completed(list(tasks)):
+            name, res, ms = await next_done
+            results[name], timings[name] = res, ms
+            yield sse("part", _part_event(name, res, ms))
+        response = (await logic.backend.assemble(planned, results, {**planned.timings, **timings}))[0]
+        response.timings_ms["total"] = _ms(t0)
+        yield sse("response", response.model_dump(mode="json"))
+    except ServiceError as err:
+        yield sse("error", {"status": err.status, "detail": err.message})
+    except Exception as err:  # noqa: BLE001 - the stream has begun: report the failure as an event
+        log.exception("streamed request failed after its first event")
+        yield sse("error", {"status": 500, "detail": f"the response could not be completed: {type(err).__name__}"})
+    finally:
+        for task in tasks:  # a client that went away must not leave decoder calls waiting on it
+            task.cancel()
+
+
+async def _run(logic: IngressLogic, name: str, calls: list[Any], deadline: float) -> tuple[str, list[Any], float]:
+    results, ms = await logic._one_decoder(name, calls, deadline)
+    return name, results, ms
+
+
+async def _text_event(logic: IngressLogic, planned: Planned) -> dict[str, Any]:
+    """The answer as far as the MLLM stage knows it: assembled with no decoder results yet."""
+    early = (await logic.backend.assemble(planned, {}, dict(planned.timings)))[0]
+    pending = [
+        {"route": c.route, "phrase": c.phrase, "decoder": name, "event": c.event}
+        for name, calls in planned.plan.items()
+        for c in calls
+    ]
+    native = {k: [it.model_dump(mode="json") for it in getattr(early, k)] for k in ("detections", "polygons", "points")}
+    return {
+        "text": early.text.replace(_NOT_RUN, PENDING),
+        "raw_text": early.raw_text,
+        "routes": early.routes,
+        "pending": sorted(pending, key=lambda p: p["event"]),
+        "errors": [e.model_dump(mode="json") for e in early.errors],
+        "timings_ms": early.timings_ms,
+        **native,
+    }
+
+
+def _part_event(name: str, results: list[Any], ms: float) -> dict[str, Any]:
+    items = [it for r in results for it in r.items]
+    return {
+        "decoder": name,
+        "parts": [
+            {"route": r.route, "phrase": r.phrase, "event": r.event, "summary": r.summary if r.error is None else None}
+            for r in results
+        ],
+        **_items_json(items),
+        "errors": [r.error.model_dump(mode="json") for r in results if r.error is not None],
+        "elapsed_ms": ms,
+    }

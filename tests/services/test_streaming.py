@@ -1,0 +1,193 @@
+"""Streamed answers (`"stream": true`): events over a real uvicorn server, parts in the order decoders finish,
+the final event equal to the non-streamed answer; the clients and the LangChain tool's async path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+
+import httpx
+import pytest
+from langchain_core.messages import ToolMessage
+from PIL import Image
+
+from router.schemas import Response
+from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTPError
+from services.config import HTTPConfig
+from services.http import BackgroundServer, create_app
+from services.langchain_tool import SuperLinkTool
+from services.testing import FakePipeline, ScriptedPipeline
+
+
+def png(w: int = 48, h: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def read_events(url: str, body: dict) -> list[tuple[str, dict, float]]:
+    """(event, data, seconds since the request was sent) for every server-sent event, as they arrive."""
+    out, t0 = [], time.monotonic()
+    with httpx.stream("POST", f"{url}/v1/tasks", json=body, timeout=60) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("data: "):
+                out.append((event, json.loads(line[len("data: ") :]), time.monotonic() - t0))
+    return out
+
+
+def _without_total(resp: dict) -> dict:
+    return {**resp, "timings_ms": sorted(resp["timings_ms"])}
+
+
+@pytest.fixture(scope="module")
+def slow_generator_url():
+    with BackgroundServer(create_app(FakePipeline(delay_s={"generator": 1.0}))) as url:
+        yield url
+
+
+def test_detection_part_arrives_before_the_slower_generation(slow_generator_url):
+    body = {"images": [b64(png())], "instruction": "detect the circles, draw a square", "stream": True}
+    events = read_events(slow_generator_url, body)
+    assert [e for e, _, _ in events] == ["text", "part", "part", "response"]
+    (_, text, t_text), (_, det, t_det), (_, gen, t_gen), (_, final, t_final) = events
+    assert text["routes"] == ["DET", "GEN"] and text["raw_text"] == "the circles [DET], a square [GEN]"
+    assert [(p["route"], p["decoder"]) for p in text["pending"]] == [("DET", "detector"), ("GEN", "generator")]
+    assert det["decoder"] == "detector" and det["detections"][0]["phrase"] == "the circles" and det["images"] == []
+    assert gen["decoder"] == "generator" and len(gen["images"]) == 1 and gen["detections"] == []
+    # Streamed for real: the detections were on the wire well before the generator's 1 s delay ended.
+    assert t_gen - t_det > 0.5, (t_det, t_gen)
+    assert t_final >= t_gen
+    assert final["detections"] == det["detections"] and final["images"] == gen["images"]
+
+
+def test_streamed_final_event_equals_the_plain_answer(slow_generator_url):
+    body = {"images": [b64(png())], "instruction": "detect the circles, draw a square"}
+    plain = httpx.post(f"{slow_generator_url}/v1/tasks", json=body, timeout=60)
+    assert plain.status_code == 200 and plain.headers["content-type"] == "application/json"
+    final = read_events(slow_generator_url, {**body, "stream": True})[-1]
+    assert final[0] == "response"
+    assert _without_total(final[1]) == _without_total(plain.json())
+
+
+def test_refused_streamed_request_keeps_its_status_and_json_body(slow_generator_url):
+    r = httpx.post(f"{slow_generator_url}/v1/tasks", json={"instruction": "please reject this", "stream": True})
+    assert r.status_code == 422 and "rejected" in r.json()["detail"]
+    r = httpx.post(f"{slow_generator_url}/v1/tasks", json={"instruction": "detect", "stream": "sometimes"})
+    assert r.status_code == 422 and "stream" in r.json()["detail"]
+
+
+def test_failed_part_is_an_error_in_its_part_event():
+    with BackgroundServer(create_app(FakePipeline(fail={"generator"}))) as url:
+        events = read_events(url, {"instruction": "detect it, draw it", "stream": True})
+    parts = {d["decoder"]: d for e, d, _ in events if e == "part"}
+    assert parts["detector"]["errors"] == [] and len(parts["detector"]["detections"]) == 1
+    assert [e["kind"] for e in parts["generator"]["errors"]] == ["decoder_failed"]
+    assert parts["generator"]["parts"][0]["summary"] is None
+    assert [e["kind"] for e in events[-1][1]["errors"]] == ["decoder_failed"]
+
+
+def test_multipart_request_streams_too(slow_generator_url):
+    req = {"instruction": "detect the circles", "stream": True}
+    with httpx.stream(
+        "POST", f"{slow_generator_url}/v1/tasks", files=[("file", ("a.png", png(), "image/png"))],
+        data={"request": json.dumps(req)}, timeout=60,
+    ) as resp:  # fmt: skip
+        body = resp.read().decode()
+    assert resp.status_code == 200 and body.count("event: part") == 1 and "event: response" in body
+
+
+def test_openapi_documents_the_event_stream(slow_generator_url):
+    schema = httpx.get(f"{slow_generator_url}/openapi.json").json()
+    content = schema["paths"]["/v1/tasks"]["post"]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(content)
+    assert "stream" in schema["components"]["schemas"]["Request"]["properties"]
+
+
+# ---- clients and the LangChain tool ---------------------------------------------------------
+
+
+def test_sync_client_stream(slow_generator_url):
+    with SuperLinkClient(slow_generator_url) as sl:
+        events = list(sl.stream("detect the circles, draw a square", images=[png()]))
+        with pytest.raises(SuperLinkHTTPError) as err:
+            list(sl.stream("please reject this"))
+    assert [(e.event, e.data.get("decoder")) for e in events] == [
+        ("text", None), ("part", "detector"), ("part", "generator"), ("response", None)
+    ]
+    assert events[0].response is None
+    final = events[-1].response
+    assert isinstance(final, Response) and final.routes == ["DET", "GEN"] and len(final.images) == 1
+    assert err.value.status == 422 and "rejected" in err.value.message
+
+
+def test_async_client_stream_with_multipart(slow_generator_url):
+    async def main() -> list:
+        async with AsyncSuperLinkClient(slow_generator_url) as sl:
+            return [ev async for ev in sl.stream("detect the circles, draw a square", images=[png()], multipart=True)]
+
+    events = asyncio.run(main())
+    assert [e.data.get("decoder") for e in events if e.event == "part"] == ["detector", "generator"]
+    assert events[-1].response.detections[0].phrase == "the circles"
+
+
+def test_langchain_async_path_dispatches_stream_events(slow_generator_url):
+    tool = SuperLinkTool(backend=AsyncSuperLinkClient(slow_generator_url))
+    tool.add_image("scene", png())
+    call = {"type": "tool_call", "id": "c1", "name": "superlink",
+            "args": {"instruction": "detect the circles, draw a square", "image_ids": ["scene"]}}  # fmt: skip
+
+    async def main() -> tuple[list, ToolMessage]:
+        custom, message = [], None
+        async for ev in tool.astream_events(call, version="v2"):
+            if ev["event"] == "on_custom_event":
+                custom.append((ev["name"], ev["data"].get("decoder")))
+            elif ev["event"] == "on_tool_end":
+                message = ev["data"]["output"]
+        return custom, message
+
+    custom, message = asyncio.run(main())
+    assert custom == [("superlink_text", None), ("superlink_part", "detector"), ("superlink_part", "generator")]
+    assert isinstance(message, ToolMessage) and message.artifact.routes == ["DET", "GEN"]
+    assert "1 detections" in message.content and "1 images" in message.content
+
+
+# ---- over the real tiny Pipeline: a generator made slower, everything else real ------------------------
+
+
+class SlowGeneration(ScriptedPipeline):
+    """The scripted tiny Pipeline whose generator waits before diffusing, as a many-step diffusion would."""
+
+    def run_decoder(self, decoder_name, calls):
+        if decoder_name == "generator":
+            time.sleep(1.0)
+        return super().run_decoder(decoder_name, calls)
+
+
+def test_tiny_pipeline_streams_detections_before_generation(tiny_dir):
+    pipe = SlowGeneration.from_pretrained(tiny_dir)
+    req = {
+        "images": [b64(png())], "instruction": "detect the stars, draw a green square",
+        "options": {"steps": 1, "score_threshold": 0.0, "max_new_tokens": 24, "seed": 3},
+    }  # fmt: skip
+    with BackgroundServer(create_app(pipe, HTTPConfig())) as url:
+        events = read_events(url, {**req, "stream": True})
+        plain = httpx.post(f"{url}/v1/tasks", json=req, timeout=60).json()
+    names = [(e, d.get("decoder")) for e, d, _ in events]
+    assert names == [("text", None), ("part", "detector"), ("part", "generator"), ("response", None)]
+    text, det, gen, final = (d for _, d, _ in events)
+    assert "[DET]" not in text["text"] and "(…)" in text["text"] and "[DET]" in text["raw_text"]
+    assert det["detections"] and {d["phrase"] for d in det["detections"]} == {"stars"}
+    assert base64.b64decode(gen["images"][0]["png_base64"])[:4] == b"\x89PNG"
+    assert events[2][2] - events[1][2] > 0.5
+    assert _without_total(final) == _without_total(plain)
