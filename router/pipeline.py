@@ -32,6 +32,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 
+from router.assets import checkpoint_root
 from router.bindings import (
     BindingTable,
     DecoderBuilder,
@@ -450,14 +451,14 @@ def run_generation(
 SYSTEM_CONFIG = "superlink.yaml"
 MLLM_DIR = "mllm"
 HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.*
-CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"  # trained presets shipped with the repo
+CHECKPOINT_ROOT = checkpoint_root()  # trained presets shipped with the repo (or the wheel's copy: router/assets.py)
 
 
 def shipped_checkpoint(name: str) -> Path | None:
     """checkpoints/<name>/ when a trained model of that preset name is shipped there, else None."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
-    path = CHECKPOINT_ROOT / name
+    path = checkpoint_root() / name
     return path if (path / SYSTEM_CONFIG).is_file() else None
 
 

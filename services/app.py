@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from mllm.config import ConfigError
+from router.assets import config_dir
 from services.config import ServeConfig, load_serve_config
 
-DEFAULT_SERVE_YAML = Path(__file__).resolve().parent.parent / "configs" / "serve.yaml"
+DEFAULT_SERVE_YAML = config_dir() / "serve.yaml"
 IMPORT_PATH = "services.app:build_app"
 
 
