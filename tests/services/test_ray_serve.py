@@ -120,3 +120,12 @@ def test_streamed_compound_request_on_ray(url):
     assert events[2].data["elapsed_ms"] > events[1].data["elapsed_ms"]
     final = events[-1].response
     assert final.detections == plain.detections and final.images == plain.images and final.text == plain.text
+
+
+def test_web_page_is_served_by_the_ray_ingress(url):
+    import httpx
+
+    page = httpx.get(url + "/", timeout=30)
+    assert page.status_code == 200 and "/web/app.js" in page.text
+    assert httpx.get(url + "/web/app.js", timeout=30).status_code == 200
+    assert httpx.get(url + "/web/examples/examples.json", timeout=30).json()["examples"]

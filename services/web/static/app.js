@@ -123,22 +123,30 @@ function maskCanvas(det, color) {
   return off;
 }
 
+let placedLabels = [];  // label rectangles drawn this frame, so that labels do not cover each other
+
 function label(text, x, y, color, scale) {
   const size = Math.max(11, Math.round(12 * scale));
   ctx.font = `600 ${size}px Inter, system-ui, sans-serif`;
   const pad = 4 * scale;
   const width = ctx.measureText(text).width + 2 * pad;
-  const top = Math.max(0, y - size - 2 * pad);
+  const height = size + 2 * pad;
+  let top = Math.max(0, y - height);
+  const left = Math.min(Math.max(0, x), canvas.width - width);
+  const hits = (t) => placedLabels.some((r) => left < r.x + r.w && r.x < left + width && t < r.y + r.h && r.y < t + height);
+  for (let tries = 0; hits(top) && tries < 12; tries++) top += height + 1;
+  placedLabels.push({ x: left, y: top, w: width, h: height });
   ctx.fillStyle = color;
-  ctx.fillRect(x, top, width, size + 2 * pad);
+  ctx.fillRect(left, top, width, height);
   ctx.fillStyle = "#fff";
-  ctx.fillText(text, x + pad, top + size + pad / 2);
+  ctx.fillText(text, left + pad, top + size + pad / 2);
 }
 
 function redraw() {
   const { s, ox, oy } = layout();
   const dpr = window.devicePixelRatio || 1;
   ctx.clearRect(0, 0, canvas.width, canvas.height);
+  placedLabels = [];
   $("drop-hint").hidden = !!state.image;
   if (!state.image) return;
   ctx.imageSmoothingEnabled = true;
@@ -494,8 +502,10 @@ function onEvent(event, data) {
       }
     }
     addItems(data);
-    const n = ["detections", "polygons", "points", "keypoints", "images"].map((k) => [k, (data[k] || []).length]).filter(([, v]) => v);
-    addTimeline(data.decoder, `${n.map(([k, v]) => `${v} ${k}`).join(", ") || "no items"} · ran ${Math.round(data.elapsed_ms)} ms`);
+    const nouns = { detections: "detection", polygons: "polygon", points: "point", keypoints: "pose", images: "image" };
+    const n = Object.keys(nouns).map((k) => [k, (data[k] || []).length]).filter(([, v]) => v);
+    const said = n.map(([k, v]) => `${v} ${nouns[k]}${v === 1 ? "" : "s"}`).join(", ");
+    addTimeline(data.decoder, `${said || "no items"} · ran ${Math.round(data.elapsed_ms)} ms`);
     for (const e of data.errors || []) addTimeline("error", `[${e.route}] ${e.phrase}: ${e.kind}: ${e.message}`, true);
   } else if (event === "response") {
     renderText(data.text, null);
