@@ -191,3 +191,12 @@ def test_tiny_pipeline_streams_detections_before_generation(tiny_dir):
     assert base64.b64decode(gen["images"][0]["png_base64"])[:4] == b"\x89PNG"
     assert events[2][2] - events[1][2] > 0.5
     assert _without_total(final) == _without_total(plain)
+
+
+def test_streamed_decoder_past_the_timeout_is_a_part_error():
+    with BackgroundServer(create_app(FakePipeline(delay_s={"generator": 1.0}), HTTPConfig(request_timeout_s=0.3))) as url:
+        events = read_events(url, {"instruction": "detect it, draw it", "stream": True})
+    parts = {d["decoder"]: d for e, d, _ in events if e == "part"}
+    assert [e["kind"] for e in parts["generator"]["errors"]] == ["timeout"] and parts["generator"]["images"] == []
+    assert len(parts["detector"]["detections"]) == 1
+    assert events[-1][0] == "response" and [e["kind"] for e in events[-1][1]["errors"]] == ["timeout"]
