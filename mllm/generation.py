@@ -69,10 +69,12 @@ def generate(
     allowed_routes: set[str] | None = None,
     eos_token_id: int | None = None,
     logits_hook: LogitsHook | None = None,
+    on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[Generation]:
     """Generate for every row of a processor batch (input_ids (B, T) left-padded, attention_mask, and
     optionally pixel_values, region_masks, region_image_index). `allowed_routes` None allows all routes;
-    `logits_hook` may edit the (B, V) logits of each step (tests and benchmarks force routes with it)."""
+    `logits_hook` may edit the (B, V) logits of each step (tests and benchmarks force routes with it);
+    `on_step`, when given, sees every row's generated ids after each step (streaming; read, don't modify)."""
     check_options(max_new_tokens, do_sample, temperature, top_p)
     eos = model.token_ids.eos if eos_token_id is None else eos_token_id
     batch_size = batch["input_ids"].shape[0]
@@ -87,6 +89,8 @@ def generate(
             logits = logits_hook(step, logits)
         next_ids = choose_tokens(logits, step, uniforms, temperature, top_p)  # (B,)
         record_tokens(rows, next_ids.tolist(), route_of, eos)
+        if on_step is not None:
+            on_step([r.token_ids for r in rows])
         if all(r.finished for r in rows) or (step == max_new_tokens - 1 and not any_pending(rows)):
             break
         chunk = build_chunk(model, next_ids, rows)

@@ -46,6 +46,7 @@ from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
 from router.schemas import Options, Request, Response
 from router.stages import (
+    GENERATED_TEXT_SINK,
     DecoderCall,
     DecoderResult,
     GenerationResult,
@@ -425,6 +426,7 @@ def run_generation(
     """mllm.generation.generate over the batch, one call per group of requests with equal decoding options."""
     from mllm.generation import generate
 
+    sink = GENERATED_TEXT_SINK.get()
     out: list[Any] = [None] * len(prepared)
     for group in generation_groups(prepared):
         rows = [prepared[i] for i in group]
@@ -438,13 +440,30 @@ def run_generation(
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         allowed = [[r.strip("[]") for r in p.options.routes] if p.options.routes is not None else deployed_routes for p in rows]
         o = rows[0].options
+        on_step = None if sink is None else _text_streamer(model, [p.index for p in rows], sink)
         gens = generate(
             model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
             top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
+            on_step=on_step,
         )  # fmt: skip
         for i, g in zip(group, gens, strict=True):
             out[i] = g
     return out
+
+
+def _text_streamer(model: Any, indices: Sequence[int], sink: Callable[[int, str], None]) -> Callable[[list[list[int]]], None]:
+    """An on_step callback that hands `sink` each row's text (as GenerationResult.text spells it) when it grows."""
+    from mllm.generation import decode_text
+
+    lengths = [0] * len(indices)
+
+    def on_step(ids: list[list[int]]) -> None:
+        for r, row in enumerate(ids):
+            if len(row) != lengths[r]:
+                lengths[r] = len(row)
+                sink(indices[r], decode_text(model, row))
+
+    return on_step
 
 
 # ---- building, saving, loading -----------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Streamed answers: `POST /v1/tasks` with `"stream": true` answers with server-sent events.
 
+    event: generating while the in-process model generates: {"text": the answer so far, routing markers and
+                      location tokens as generated}, after each new token (only the newest when several
+                      queued up); not sent by the Ray app, whose MLLM runs in another process
     event: text       once the MLLM stage is done: the answer text (each routing marker shown as "(…)"
                       until its part arrives), raw_text, routes, natively localised items, the parts
                       still to come (`pending`: route, phrase, decoder) and the stage timings so far
@@ -9,10 +12,11 @@
     event: response   last: the whole Response, equal to the non-streamed answer
     event: error      only if something breaks after the stream began: {"status", "detail"}
 
-Everything that can be refused is refused before the stream starts (bad body, bad image, a request the
-model rejects, a failed or timed-out model stage), with the same status and JSON body as without
-`stream`; so a client sees an event stream only for a request that is being answered. Text arrives
-once per request (after batched generation), not token by token: generation stays one batched call.
+Everything that can be refused before the first generated token is refused with the same status and JSON
+body as without `stream` (bad body, bad image, a request the model rejects, a model stage that fails or
+times out before generating); after that, a failure of the model stage is an `error` event. Token-level
+text uses a context variable the in-process Pipeline reads (router/stages.py GENERATED_TEXT_SINK), so the
+batched generate is unchanged and unaware of HTTP.
 
 The orchestration is the IngressLogic's (services/engines.py), so the same code streams over an
 in-process Pipeline (`superlink serve --no-ray`) and on the Ray Serve ingress, whose decoder calls go
@@ -32,6 +36,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 
 from router.response import sort_items
 from router.schemas import Request
+from router.stages import GENERATED_TEXT_SINK
 from services.engines import IngressLogic, Planned, ServiceError, check_images
 
 log = logging.getLogger(__name__)
@@ -63,14 +68,57 @@ def _items_json(items: list[Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 async def stream_response(logic: IngressLogic, request: Request) -> EventSourceResponse:
-    """Run the model stage now (errors keep their HTTP status), then stream the decoders' parts."""
+    """Start the model stage; answer with its HTTP error if it fails before producing any text, else stream."""
     check_images(request, logic.http.max_image_pixels)
     limit = min(request.options.timeout_s or logic.http.request_timeout_s, logic.http.request_timeout_s)
     deadline = time.monotonic() + limit
     t0 = time.perf_counter()
-    planned = await logic._front(request, deadline, limit)
+    loop = asyncio.get_running_loop()
+    texts: asyncio.Queue[str] = asyncio.Queue()
+
+    def sink(index: int, text: str) -> None:  # called from the generating thread
+        loop.call_soon_threadsafe(texts.put_nowait, text)
+
+    token = GENERATED_TEXT_SINK.set(sink)
+    try:  # the task copies this context, so only this request's generation sees the sink
+        front = asyncio.ensure_future(logic._front(request, deadline, limit))
+    finally:
+        GENERATED_TEXT_SINK.reset(token)
+    first = asyncio.ensure_future(texts.get())
+    await asyncio.wait({front, first}, return_when=asyncio.FIRST_COMPLETED)
+    if front.done() and (not first.done() or front.exception() is not None):
+        first.cancel()
+        planned = front.result()  # raises the stage's ServiceError: the usual status and JSON body
+        stream = events(logic, planned, deadline, t0)
+    else:
+        stream = _with_text(logic, front, first.result(), texts, deadline, t0)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return EventSourceResponse(events(logic, planned, deadline, t0), headers=headers)
+    return EventSourceResponse(stream, headers=headers)
+
+
+async def _with_text(
+    logic: IngressLogic, front: asyncio.Future, text: str, texts: asyncio.Queue[str], deadline: float, t0: float
+) -> AsyncIterator[bytes]:
+    """`generating` events with the text so far until the model stage is done, then the usual events."""
+    try:
+        while True:
+            while not texts.empty():  # send only the newest text when several steps queued up
+                text = texts.get_nowait()
+            yield sse("generating", {"text": text})
+            nxt = asyncio.ensure_future(texts.get())
+            await asyncio.wait({front, nxt}, return_when=asyncio.FIRST_COMPLETED)
+            if front.done():
+                nxt.cancel()
+                break
+            text = nxt.result()
+        planned = front.result()
+    except ServiceError as err:
+        yield sse("error", {"status": err.status, "detail": err.message})
+        return
+    finally:
+        front.cancel()  # no-op once done; a client gone mid-generation stops waiting for it
+    async for chunk in events(logic, planned, deadline, t0):
+        yield chunk
 
 
 async def events(logic: IngressLogic, planned: Planned, deadline: float, t0: float) -> AsyncIterator[bytes]:

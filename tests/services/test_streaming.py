@@ -183,9 +183,14 @@ def test_tiny_pipeline_streams_detections_before_generation(tiny_dir):
     with BackgroundServer(create_app(pipe, HTTPConfig())) as url:
         events = read_events(url, {**req, "stream": True})
         plain = httpx.post(f"{url}/v1/tasks", json=req, timeout=60).json()
+    generating = [d["text"] for e, d, _ in events if e == "generating"]
+    events = [ev for ev in events if ev[0] != "generating"]
     names = [(e, d.get("decoder")) for e, d, _ in events]
     assert names == [("text", None), ("part", "detector"), ("part", "generator"), ("response", None)]
     text, det, gen, final = (d for _, d, _ in events)
+    # The answer streamed token by token before the text event: each text extends the one before it.
+    assert len(generating) >= 3 and all(b.startswith(a.rstrip()) for a, b in zip(generating, generating[1:], strict=False))
+    assert generating[-1].strip() == text["raw_text"] == "the stars [DET], a green square [GEN]"
     assert "[DET]" not in text["text"] and "(…)" in text["text"] and "[DET]" in text["raw_text"]
     assert det["detections"] and {d["phrase"] for d in det["detections"]} == {"stars"}
     assert base64.b64decode(gen["images"][0]["png_base64"])[:4] == b"\x89PNG"
@@ -200,3 +205,36 @@ def test_streamed_decoder_past_the_timeout_is_a_part_error():
     assert [e["kind"] for e in parts["generator"]["errors"]] == ["timeout"] and parts["generator"]["images"] == []
     assert len(parts["detector"]["detections"]) == 1
     assert events[-1][0] == "response" and [e["kind"] for e in events[-1][1]["errors"]] == ["timeout"]
+
+
+class PlanFails(ScriptedPipeline):
+    """Generates (and streams its text), then the model stage fails."""
+
+    def plan(self, prepared, generations):
+        raise RuntimeError("planning broke on purpose")
+
+
+def test_model_stage_failing_after_text_streamed_is_an_error_event(tiny_dir):
+    with BackgroundServer(create_app(PlanFails.from_pretrained(tiny_dir))) as url:
+        events = read_events(url, {"instruction": "detect the stars", "stream": True, "options": {"max_new_tokens": 16}})
+    assert events[0][0] == "generating" and events[-1][0] == "error"
+    assert events[-1][1]["status"] == 503 and "planning broke" in events[-1][1]["detail"]
+    assert "text" not in [e for e, _, _ in events]
+
+
+def test_concurrent_streams_see_only_their_own_text(scripted_pipeline):
+    async def one(client: httpx.AsyncClient, instruction: str) -> list[str]:
+        body = {"instruction": instruction, "stream": True, "options": {"max_new_tokens": 16}}
+        async with client.stream("POST", "/v1/tasks", json=body) as resp:
+            lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+        return [json.loads(line[6:]).get("text", "") for line in lines]
+
+    async def main(url: str) -> list[list[str]]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(one(client, "detect the stars"), one(client, "draw a green square"))
+
+    with BackgroundServer(create_app(scripted_pipeline)) as url:
+        stars, square = asyncio.run(main(url))
+    assert stars and square
+    assert all("square" not in t for t in stars) and all("stars" not in t for t in square)
+    assert any("stars" in t for t in stars) and any("square" in t for t in square)

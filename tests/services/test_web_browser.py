@@ -113,7 +113,9 @@ def test_page_in_headless_chromium(browser, url, tmp_path):
     assert overlay >= 1 and len(generated) >= 1
     assert d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", generated[0]) > 0
     timeline = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#timeline li")]
-    assert timeline[0].split(" ms")[1].strip().startswith("text") and "done" in timeline[-1], timeline
+    steps = [line.split(" ms", 1)[1].split()[0] for line in timeline]
+    assert steps[0] == "generating" and steps.index("text") > 0 and steps[-1] == "done", timeline  # tokens streamed first
+    assert {"detector", "generator"} <= set(steps) and steps.index("detector") < steps.index("generator"), timeline
     assert not d.find_elements(By.CSS_SELECTOR, "#answer .chip.pending")
 
     # The page's RLE decoder agrees with pycocotools on the masks the server sent.

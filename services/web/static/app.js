@@ -1,5 +1,5 @@
 // SuperLink web page: pick or upload an image, draw regions, send an instruction and watch the answer stream in
-// (POST /v1/tasks with "stream": true; server-sent events text -> part (one per decoder) -> response).
+// (POST /v1/tasks with "stream": true; server-sent events generating* -> text -> part (one per decoder) -> response).
 // Plain JavaScript, no build step, no third-party code.
 "use strict";
 
@@ -483,7 +483,14 @@ function renderLegend() {
 }
 
 function onEvent(event, data) {
-  if (event === "text") {
+  if (event === "generating") {
+    // The answer token by token (in-process server): raw, with routing markers, until the text event.
+    const p = $("answer");
+    if (!p.classList.contains("live")) addTimeline("generating", "first token");
+    p.className = "answer live";
+    p.textContent = data.text;
+    setBusy(true, "generating…");
+  } else if (event === "text") {
     state.pendingOrder = data.pending.map((p) => p.event);
     renderText(data.text, "(…)");
     addItems(data);
