@@ -74,6 +74,9 @@ class RuntimeConfig(StrictModel):
 
 class SuperLinkConfig(StrictModel):
     name: str
+    # The projector of the perception routes ([DET] [SEG] [GRD] [POSE]), by name (router.bindings.PROJECTORS):
+    # "relu_mlp" is VisionLLM v2's patch2query; "skip_mlp" adds a linear path that keeps phrases apart.
+    link_projector: Literal["relu_mlp", "skip_mlp"] = "relu_mlp"
     model: MLLMConfig = MLLMConfig()
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()
