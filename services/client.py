@@ -3,7 +3,7 @@
     with SuperLinkClient("http://127.0.0.1:8000") as sl:
         resp = sl.tasks("detect the red circles", images=[Path("scene.png")])
         for ev in sl.stream("detect the circles, draw a square", images=[png]):   # server-sent events
-            print(ev.event, ev.data)            # text, part (one per decoder, as it finishes), response
+            print(ev.event, ev.data)            # generating (in-process server), text, part (one per decoder), response
         resp = ev.response                      # the whole Response, from the last event
 """
 
@@ -83,7 +83,7 @@ def _response(resp: httpx.Response) -> Response:
 
 @dataclass
 class StreamEvent:
-    """One server-sent event of a streamed request: `text`, `part` or `response` (see services/streaming.py)."""
+    """One server-sent event of a streamed request: `generating`, `text`, `part` or `response` (services/streaming.py)."""
 
     event: str
     data: dict[str, Any]

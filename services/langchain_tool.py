@@ -8,9 +8,10 @@ refers to images by name, so no bulky base64 passes through the chat. The tool r
     tool.add_image("scene", png_bytes)
     agent = create_agent(model, tools=[tool])
 
-Over an AsyncSuperLinkClient the async path streams the request: each event (the text once generated,
-then each decoder's part as it finishes) is dispatched as a LangChain custom event named
-"superlink_text" / "superlink_part", visible in `astream_events`, before the tool returns.
+Over an AsyncSuperLinkClient the async path streams the request: each event (the text as it is generated,
+the text once generated, then each decoder's part as it finishes) is dispatched as a LangChain custom event
+named "superlink_generating" / "superlink_text" / "superlink_part", visible in `astream_events`, before the
+tool returns.
 """
 
 from __future__ import annotations
