@@ -46,8 +46,9 @@ _NOT_RUN = "(not run)"  # what assembly writes for a marker whose result is miss
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "the Response as JSON; with `\"stream\": true`, server-sent events "
-        "`text`, `part` (one per decoder, as each finishes) and `response` (the whole Response)",
+        "description": "the Response as JSON; with `\"stream\": true`, server-sent events `generating` (the "
+        "answer so far; in-process server), `text`, `part` (one per decoder, as each finishes) and `response` "
+        "(the whole Response)",
         "content": {"text/event-stream": {"schema": {"type": "string", "description": "SSE events; data is JSON"}}},
     }
 }
