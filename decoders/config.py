@@ -91,6 +91,11 @@ class DiffusionConfig(StrictModel):
         "with v_prediction); fixes the brightness and colour shifts of flat images trained from scratch",
     )
     cond_drop: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance drop rate in training")
+    align_weight: float = Field(
+        0.0, ge=0.0,
+        description="weight of the MSE between mapped link states and the frozen text encoder's embedding of the "
+        "target's description (VisionLLM v2: 0.1); 0 = off",
+    )
     train_unet: bool = Field(True, description="VisionLLM v2 freezes the SD UNet; tiny presets must train it")
     max_image_pixels: int = Field(4096 * 4096, ge=64)
 

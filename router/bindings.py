@@ -329,12 +329,19 @@ def editor_batch(calls: Sequence[DecoderCall], projected: torch.Tensor, decoder:
     return batch, [[i] for i in range(len(calls))]
 
 
+def target_texts(targets: Sequence[Any]) -> list[str] | None:
+    """What each image target shows, in words ("red circle blue square"), when every target lists its objects."""
+    if any(t.objects is None for t in targets):
+        return None
+    return [" ".join(f"{o['color']} {o['kind']}" for o in t.objects) for t in targets]
+
+
 def generator_train_batch(
     projected: torch.Tensor, rows: Sequence[int], targets: Sequence[Any], images: Sequence[Any], decoder: nn.Module
 ) -> tuple[Any, Any]:
     from decoders.diffusion import DiffusionTargets, GenerationBatch
 
-    return GenerationBatch(projected), DiffusionTargets([t.image for t in targets])
+    return GenerationBatch(projected), DiffusionTargets([t.image for t in targets], texts=target_texts(targets))
 
 
 def editor_train_batch(
@@ -345,7 +352,7 @@ def editor_train_batch(
     sources = [images[r] for r in rows]
     if any(s is None for s in sources):
         raise ValueError("an [EDIT] training row has no source image")
-    return EditBatch(projected, source_images=sources), DiffusionTargets([t.image for t in targets])
+    return EditBatch(projected, source_images=sources), DiffusionTargets([t.image for t in targets], texts=target_texts(targets))
 
 
 def image_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:

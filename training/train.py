@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from decoders.diffusion import EditDecoder, GenerationDecoder
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
@@ -169,6 +170,9 @@ class Run:
     def enter_stage(self, index: int) -> None:
         stage = self.cfg.training.stages[index]
         set_trainable(self.system, stage, self.decoder_flags)
+        for decoder in self.system.decoders.values():
+            if isinstance(decoder, (GenerationDecoder, EditDecoder)):
+                decoder.conditioning = stage.decoder_conditioning
         self.optimizer = build_optimizer(self.system, stage, self.cfg.training.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, stage)
         engine = _LossModule(self.system, self.cfg.training.loss_weights, stage.decoder_losses)
