@@ -3,13 +3,17 @@
     evaluate_model("shapes", split="val", n=200)
     -> {"det_ap": .., "det_ap50": .., "native_det_ap": .., "seg_ap": .., "grd_acc50": .., "pose_ap": ..,
         "vqa_acc": .., "caption_f1": .., "gen_acc": .., "edit_acc": .., "routing_acc": .., "region_acc": ..,
-        "det_ap_agnostic": .., "phrase_acc": .., "n": 200, "wall_s": ..}
+        "det_ap_agnostic": .., "phrase_acc": .., "poly_ap": .., "poly_count_ok": .., "n": 200, "wall_s": ..}
+
+poly_ap is the mask AP (pycocotools) of the native polygons, rasterised, against the instance masks;
+poly_count_ok the fraction of polygons the model wrote (class slot + location tokens) that have exactly
+the point count the instruction asked for.
 
 region_acc (answers about a <region> prompt), det_ap_agnostic (class-agnostic [DET] box AP: localisation
 alone) and phrase_acc (routed phrases equal to the reference ones) are diagnostics beyond the issue's list.
 
 `n` is the TOTAL number of scenes, dealt round-robin over the task families in `FAMILIES`
-(n=200 gives 18 or 19 scenes per family). Scene k of family f is drawn from
+(n=200 gives 16 or 17 scenes per family). Scene k of family f is drawn from
 `SeedSequence([SPLIT_SEEDS[split], seed, f, k])`: it never changes, does not depend on `n`
 (a larger n only adds scenes), and never coincides with a training sample (those use integer seeds).
 
@@ -17,6 +21,14 @@ Every sample runs through the real path: Request -> Pipeline (batched routed gen
 link events -> decoders) -> Response. Nothing is teacher-forced unless `teacher_force=True`
 (tests and the random-weight demo use that to check the scoring itself).
 A metric whose family got no scorable sample is None.
+
+Wording (`wording=`): "template" scores the samples worded from the fixed template lists (the keys above,
+unchanged); "heldout" scores the SAME scenes and requests worded with the grammar's held-out part
+(shapesworld.grammar: verbs, nouns, politeness frames, connectors, word orders, Title Case, end marks and
+typos the training sampler never produces), reported as `<key>_heldout_wording` (routing_acc_heldout_wording,
+det_ap_heldout_wording, vqa_acc_heldout_wording, caption_f1_heldout_wording, ...) with
+`routing_by_heldout_axis` (routing accuracy of the held-out samples that used each kind of held-out choice:
+casing, pre, det_verb, ...); "both" reports both sets.
 """
 
 from __future__ import annotations
@@ -47,20 +59,24 @@ from router.schemas import Options, RegionPrompt, Request, Response
 from shapesworld.constants import SPLIT_SEEDS
 from shapesworld.tasks import TaskSample, make_sample
 
+# New families go at the END: a family's scene seeds depend on its position here.
 FAMILIES: tuple[str, ...] = ("detection", "segmentation", "native_detection", "grounding", "keypoints", "vqa",
-                             "caption", "generation", "editing", "region", "compound")
+                             "caption", "generation", "editing", "region", "compound", "polygon")
 # Longest answer each family needs (native detection writes 5 tokens + a separator per object).
 MAX_NEW_TOKENS: dict[str, int] = {"detection": 48, "segmentation": 48, "native_detection": 128, "grounding": 32,
                                   "keypoints": 48, "vqa": 16, "caption": 64, "generation": 24, "editing": 24,
-                                  "region": 16, "compound": 96}
+                                  "region": 16, "compound": 96, "polygon": 320}
 PHRASE_FAMILIES = ("detection", "segmentation", "grounding", "keypoints")
 AGNOSTIC = "object"  # the one category of class-agnostic AP
 AP_THRESHOLD = 0.05  # AP needs the low-score tail of the precision-recall curve
 AP_FAMILIES = ("detection", "segmentation", "keypoints", "compound")
 METRIC_KEYS: tuple[str, ...] = ("det_ap", "det_ap50", "native_det_ap", "seg_ap", "grd_acc50", "pose_ap", "vqa_acc",
                                 "caption_f1", "gen_acc", "edit_acc", "routing_acc", "region_acc", "det_ap_agnostic",
-                                "phrase_acc")
+                                "phrase_acc", "poly_ap", "poly_count_ok")
 _ROUTE_RE = re.compile(r"\[([A-Z]+)\]")
+HELDOUT = "_heldout_wording"  # suffix of the metrics on held-out wordings
+HELDOUT_METRIC_KEYS: tuple[str, ...] = tuple(k + HELDOUT for k in METRIC_KEYS)
+EVAL_WORDINGS: tuple[str, ...] = ("template", "heldout", "both")
 
 
 @dataclass
@@ -74,8 +90,13 @@ class Scored:
 
 # ---- samples and requests ------------------------------------------------------------------------
 def eval_samples(split: str, n: int, seed: int = 0, image_size: int = 128, location_bins: int = 1000,
-                 families: Sequence[str] = FAMILIES) -> list[tuple[str, TaskSample]]:
-    """`n` (family, sample) pairs, round-robin over `families`, grouped by family."""
+                 families: Sequence[str] = FAMILIES, wording: str = "template") -> list[tuple[str, TaskSample]]:
+    """`n` (family, sample) pairs, round-robin over `families`, grouped by family, worded as `wording`.
+
+    The scenes and requests do not depend on the wording ("template" or "heldout"), only the instructions do.
+    """
+    if wording not in ("template", "heldout"):
+        raise ValueError(f"unknown evaluation wording {wording!r}; accepted: template, heldout")
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLIT_SEEDS)}")
     unknown = [f for f in families if f not in FAMILIES]
@@ -89,19 +110,22 @@ def eval_samples(split: str, n: int, seed: int = 0, image_size: int = 128, locat
         count = n // len(families) + (i < n % len(families))
         for k in range(count):
             rng = np.random.default_rng(np.random.SeedSequence([SPLIT_SEEDS[split], seed, f, k]))
-            out.append((family, make_sample(family, rng, image_size, location_bins)))
+            out.append((family, make_sample(family, rng, image_size, location_bins, wording=wording)))
     return out
 
 
 def region_prompt(region: dict[str, Any]) -> RegionPrompt:
-    """A ShapesWorld region dict ({"box"} | {"point"} | {"mask": HxW bool}) -> RegionPrompt on image 0."""
+    """A ShapesWorld region dict ({"box"} | {"point"} | {"mask": HxW bool} | {"scribble", "width"}) -> RegionPrompt
+    on image 0."""
+    if "scribble" in region:
+        return RegionPrompt(scribble={"lines": region["scribble"], "width": region["width"]})
     if "mask" in region:
         return RegionPrompt(mask=mask_to_rle(np.asarray(region["mask"], bool)))
     if "box" in region:
         return RegionPrompt(box=tuple(region["box"]))
     if "point" in region:
         return RegionPrompt(point=tuple(region["point"]))
-    raise ValueError(f"region needs one of box, point or mask; got keys {sorted(region)}")
+    raise ValueError(f"region needs one of box, point, mask or scribble; got keys {sorted(region)}")
 
 
 def to_request(family: str, sample: TaskSample, index: int) -> Request:
@@ -228,6 +252,47 @@ def score_native(scored: Sequence[Scored], location_bins: int) -> dict[str, floa
     return _ap(gts, preds, cats, "bbox")
 
 
+def requested_points(sample: TaskSample) -> int | None:
+    """The polygon point count a sample's instruction asks for, read as the pipeline reads it."""
+    from mllm.localize import localize_request
+
+    return localize_request(sample.instruction).points
+
+
+def score_polygons(scored: Sequence[Scored]) -> dict[str, float] | None:
+    """Mask AP of the response's native polygons (their rasterised masks) against the instance masks of the
+    categories each sample asked for; class slots bind to those categories."""
+    cats = sorted({c for s in scored for c in s.sample.classes})
+    gts, preds = [], []
+    for i, s in enumerate(scored):
+        objs = [(c, o) for c in s.sample.classes for o in objects_of_category(s.sample, c)]
+        w, h = _image_size(s.sample)
+        gts.append(GtImage(width=w, height=h, image_id=i + 1,
+                           boxes=np.asarray([o.box for _, o in objs], np.float32).reshape(-1, 4),
+                           labels=[c for c, _ in objs], masks=np.asarray([o.mask for _, o in objs], bool).reshape(-1, h, w)))
+        kept = [p for p in s.response.polygons if p.label in cats and p.mask is not None]
+        if kept:
+            masks = np.stack([rle_to_mask(p.mask) for p in kept])
+            boxes = np.asarray([[*np.min(p.points, 0), *np.max(p.points, 0)] for p in kept], float)
+            preds += coco_results(i + 1, boxes, [1.0] * len(kept), [p.label for p in kept], masks=masks, categories=cats)
+    return _ap(gts, preds, cats, "segm")
+
+
+_POLYGON_GROUP_RE = re.compile(r"<cls_\d+>((?:\s*<loc_\d+>)+)")
+
+
+def score_polygon_counts(scored: Sequence[Scored]) -> float | None:
+    """Fraction of the polygons written in the raw answers (a class slot followed by location tokens) whose
+    point count is exactly the requested one; None when no answer held a polygon."""
+    ok = total = 0
+    for s in scored:
+        want = requested_points(s.sample)
+        for m in _POLYGON_GROUP_RE.finditer(s.response.raw_text):
+            total += 1
+            ok += m.group(1).count("<loc_") == 2 * want
+    return ok / total if total else None
+
+
 def score_grounding(scored: Sequence[Scored]) -> float | None:
     """Acc@0.5 of the best-scoring [GRD] box per sample."""
     if not scored:
@@ -331,6 +396,7 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
     seg = score_routed(fam["segmentation"], "SEG", "segm") if fam["segmentation"] else None
     pose = score_routed(fam["keypoints"], "POSE", "keypoints") if fam["keypoints"] else None
     native = score_native(fam["native_detection"], location_bins) if fam["native_detection"] else None
+    poly = score_polygons(fam["polygon"]) if fam["polygon"] else None
     return {
         "det_ap": det and det["ap"],
         "det_ap50": det and det["ap50"],
@@ -346,36 +412,64 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
         "region_acc": score_text(fam["region"], vqa_accuracy, lambda s: s.answer),
         "det_ap_agnostic": det_any and det_any["ap"],
         "phrase_acc": score_phrases(scored),
+        "poly_ap": poly and poly["ap"],
+        "poly_count_ok": score_polygon_counts(fam["polygon"]),
     }
 
 
 # ---- entry points --------------------------------------------------------------------------------
 def evaluate_pipeline(pipe: Any, split: str = "val", n: int = 50, seed: int = 0, batch_size: int = 16,
-                      teacher_force: bool = False, families: Sequence[str] = FAMILIES) -> dict[str, Any]:
-    """Every metric of an already-built Pipeline on `n` fixed ShapesWorld scenes (see module docstring)."""
+                      teacher_force: bool = False, families: Sequence[str] = FAMILIES,
+                      wording: str = "template") -> dict[str, Any]:
+    """Every metric of an already-built Pipeline on `n` fixed ShapesWorld scenes (see module docstring).
+
+    `wording` "template" gives the plain keys, "heldout" the `*_heldout_wording` ones, "both" all of them
+    (the held-out set is the same scenes again, so it doubles the time).
+    """
+    if wording not in EVAL_WORDINGS:
+        raise ValueError(f"unknown evaluation wording {wording!r}; accepted: {', '.join(EVAL_WORDINGS)}")
     t0 = time.perf_counter()
     cfg = pipe.config
-    pairs = eval_samples(split, n, seed, cfg.training.image_size, cfg.model.vocab.location_bins, families)
-    scored = run_samples(pipe, pairs, batch_size, teacher_force)
-    result: dict[str, Any] = {k: _round(v) for k, v in score_all(scored, cfg.model.vocab.location_bins).items()}
-    result["n"] = len(pairs)
+    bins = cfg.model.vocab.location_bins
+    result: dict[str, Any] = {}
+    if wording in ("template", "both"):
+        pairs = eval_samples(split, n, seed, cfg.training.image_size, bins, families)
+        scored = run_samples(pipe, pairs, batch_size, teacher_force)
+        result.update({k: _round(v) for k, v in score_all(scored, bins).items()})
+        result["n"] = len(pairs)
+    if wording in ("heldout", "both"):
+        pairs = eval_samples(split, n, seed, cfg.training.image_size, bins, families, wording="heldout")
+        scored = run_samples(pipe, pairs, batch_size, teacher_force)
+        result.update({k + HELDOUT: _round(v) for k, v in score_all(scored, bins).items()})
+        result["routing_by_heldout_axis"] = routing_by_axis(scored)
+        result["n" + HELDOUT] = len(pairs)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
 
 
+def routing_by_axis(scored: Sequence[Scored]) -> dict[str, float]:
+    """Routing accuracy of the held-out samples that used each kind of held-out choice ("casing", "pre", ...)."""
+    axes: dict[str, list[Scored]] = {}
+    for s in scored:
+        for axis in dict.fromkeys(h.split("=")[0] for h in s.sample.heldout_wording):  # ordered, no repeats
+            axes.setdefault(axis, []).append(s)
+    return {a: _round(score_routing(axes[a])) for a in sorted(axes)}
+
+
 def evaluate_model(model: str = "shapes", split: str = "val", n: int = 50, seed: int = 0,
-                   batch_size: int = 16) -> dict[str, Any]:
+                   batch_size: int = 16, wording: str = "both") -> dict[str, Any]:
     """Load `model` (preset name or saved folder) with Pipeline.from_pretrained and score it.
 
-    `n` is the total number of scenes over all task families; the result also carries `model` and `load_s`.
+    `n` is the total number of scenes over all task families (scored once per wording set, see
+    `evaluate_pipeline`); the result also carries `model`, `wording` and `load_s`.
     """
     from router.pipeline import Pipeline
 
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(model)
     load_s = time.perf_counter() - t0
-    result = evaluate_pipeline(pipe, split=split, n=n, seed=seed, batch_size=batch_size)
-    return {**result, "model": str(model), "split": split, "load_s": round(load_s, 1)}
+    result = evaluate_pipeline(pipe, split=split, n=n, seed=seed, batch_size=batch_size, wording=wording)
+    return {**result, "model": str(model), "split": split, "wording": wording, "load_s": round(load_s, 1)}
 
 
 def _round(v: float | None) -> float | None:

@@ -91,6 +91,9 @@ class TextConfig(StrictModel):
     # One matrix for input embeddings and output logits: a small LLM trained from scratch learns to copy words
     # from the prompt (category names into its answer) far sooner when reading and writing share embeddings.
     tie_word_embeddings: bool = False
+    # Uncased reading: the processor lower-cases instructions before tokenising, so "Describe the image.",
+    # "describe the image." and "DESCRIBE THE IMAGE." are one input. Answers keep their case.
+    lowercase_instructions: bool = False
 
 
 class VocabConfig(StrictModel):

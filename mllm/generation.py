@@ -18,7 +18,7 @@ torch.Generator, so a row samples the same tokens alone or in any batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from mllm.constraints import RowConstraint, apply_constraints
 from mllm.types import Generation, LinkEvent
 from mllm.vocab import phrase_before
 
@@ -69,11 +70,13 @@ def generate(
     allowed_routes: set[str] | None = None,
     eos_token_id: int | None = None,
     logits_hook: LogitsHook | None = None,
+    constraints: Sequence[RowConstraint | None] | None = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[Generation]:
     """Generate for every row of a processor batch (input_ids (B, T) left-padded, attention_mask, and
     optionally pixel_values, region_masks, region_image_index). `allowed_routes` None allows all routes;
-    `logits_hook` may edit the (B, V) logits of each step (tests and benchmarks force routes with it);
+    `constraints` (one per row, or None) keep a row's answer in its format (mllm.constraints, e.g. N-point
+    polygons); `logits_hook` may edit the (B, V) logits of each step after them (tests force routes with it);
     `on_step`, when given, sees every row's generated ids after each step (streaming; read, don't modify)."""
     check_options(max_new_tokens, do_sample, temperature, top_p)
     eos = model.token_ids.eos if eos_token_id is None else eos_token_id
@@ -85,6 +88,9 @@ def generate(
     uniforms = row_uniforms(seeds, batch_size, max_new_tokens, logits.device) if do_sample else None  # (B, N)
     for step in range(max_new_tokens):
         logits = logits.masked_fill(banned, float("-inf"))
+        if constraints is not None:
+            logits = apply_constraints(constraints, [r.token_ids for r in rows], [r.finished for r in rows],
+                                       logits, max_new_tokens - step)  # fmt: skip
         if logits_hook is not None:
             logits = logits_hook(step, logits)
         next_ids = choose_tokens(logits, step, uniforms, temperature, top_p)  # (B,)

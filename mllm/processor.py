@@ -26,12 +26,15 @@ from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from mllm.config import MLLMConfig
+from mllm.constraints import PolygonConstraint
 from mllm.images import load_image
-from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary
+from mllm.localize import LocalizeError, LocalizeRequest, localize_request
+from mllm.scribble import DEFAULT_SCRIBBLE_WIDTH, ScribbleError, rasterize_scribble
+from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary, cls_token, loc_token
 
 IGNORE_INDEX = -100  # label of positions the LM loss skips (torch cross_entropy's default ignore_index)
 USER, ASSISTANT = "USER:", "ASSISTANT:"
-_REGION_KEYS = ("box", "point", "mask")
+_REGION_KEYS = ("box", "point", "mask", "scribble")
 
 
 class ProcessorError(ValueError):
@@ -64,6 +67,8 @@ class SuperLinkProcessor:
         self.route_token_ids: dict[str, int] = {r.name: ids(r.token) for r in self.vocab.routes}
         self.placeholder_token_ids: dict[str, int] = {r.name: ids(r.placeholder) for r in self.vocab.routes}
         self._queries_by_route_id = {self.route_token_ids[r.name]: r for r in self.vocab.routes}
+        self.loc_token_ids: list[int] = ids([loc_token(i) for i in range(self.vocab.location_bins)])
+        self.cls_token_ids: list[int] = ids([cls_token(i) for i in range(self.vocab.class_slots)])
 
     def _check_tokenizer(self) -> None:
         known = self.tokenizer.get_vocab()
@@ -124,6 +129,8 @@ class SuperLinkProcessor:
         self._refuse_tokens(
             instruction, "instruction", [*self.route_token_ids.values(), *self.placeholder_token_ids.values()]
         )
+        if self.config.text.lowercase_instructions:  # after the check: "[DET]" must not slip through as "[det]"
+            instruction = instruction.lower()
         ids = self._tokenize(self.build_prompt(instruction, num_images=num_images))
         return ([self.bos_token_id] if self.bos_token_id is not None else []) + ids
 
@@ -159,16 +166,43 @@ class SuperLinkProcessor:
             out += [tok] * self.num_image_tokens if tok == self.image_token_id else [tok]
         return out
 
+    # ---- native localisation -------------------------------------------------------------
+    def localization(self, instruction: str) -> LocalizeRequest:
+        """How the instruction wants locations answered: boxes ("auto") or N-point polygons, N read from it
+        ("outline the red circle using 20 vertices" -> polygon, 20); a count out of range is a ProcessorError."""
+        try:
+            return localize_request(instruction)
+        except LocalizeError as err:
+            raise ProcessorError(str(err)) from None
+
+    def decoding_constraint(self, localization: LocalizeRequest, num_classes: int) -> PolygonConstraint | None:
+        """The logits constraint that makes generation answer with exactly the requested polygons, or None.
+
+        `num_classes` is how many class slots the request bound (0: the instruction listed none, every slot allowed).
+        """
+        if localization.mode != "polygon" or localization.points is None:
+            return None
+        bound = min(num_classes, len(self.cls_token_ids)) if num_classes else None
+        return PolygonConstraint(localization.points, self.loc_token_ids, self.cls_token_ids, bound)
+
     # ---- regions -------------------------------------------------------------------------
     def region_mask(self, region: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
         """A region prompt on an image of original (w, h) -> binary mask (S, S) float32 at the vision resolution."""
         given = [k for k in _REGION_KEYS if region.get(k) is not None]
-        unknown = set(region) - {*_REGION_KEYS, "image"}
-        if len(given) != 1 or unknown:
+        unknown = set(region) - {*_REGION_KEYS, "image", "width"}
+        if len(given) != 1 or unknown or ("width" in region and given != ["scribble"]):
             raise ProcessorError(
-                f"a region prompt needs exactly one of box, point or mask (plus optional 'image'); got keys {sorted(region)}"
+                "a region prompt needs exactly one of box, point, mask or scribble (plus optional 'image', and "
+                f"'width' for a scribble); got keys {sorted(region)}"
             )
         kind = given[0]
+        if kind == "scribble":
+            width = region.get("width")
+            try:
+                mask = rasterize_scribble(region["scribble"], DEFAULT_SCRIBBLE_WIDTH if width is None else width, size)
+            except ScribbleError as err:
+                raise ProcessorError(f"region {err}") from None
+            return self._resize_mask(torch.from_numpy(mask))
         if kind == "box":
             return self._box_mask(region["box"], size)
         if kind == "point":

@@ -71,8 +71,20 @@ def generation_projector(llm_hidden: int, link_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(llm_hidden, link_dim), nn.GELU(), nn.Linear(link_dim, link_dim))
 
 
-# Perception projectors by name (`model.link_projector`); a binding's own factory is used when it names none.
+def normed_generation_projector(llm_hidden: int, link_dim: int) -> nn.Module:
+    """LayerNorm first, then Linear-GELU-Linear.
+
+    The LLM's last hidden states can be large (RMS in the hundreds in `shapes`, where tied embeddings reward a
+    large final norm); fed raw into the mapper's attention they saturate its softmax, and the [GEN]/[EDIT]
+    losses send almost no gradient back (measured 2e-8 against 1-16 for [DET]; EVAL.md).
+    """
+    return nn.Sequential(nn.LayerNorm(llm_hidden), generation_projector(llm_hidden, link_dim))
+
+
+# Perception projectors by name (`link_projector`); they replace the default rows' perception_projector.
 PROJECTORS: dict[str, ProjectorFactory] = {"relu_mlp": perception_projector, "skip_mlp": SkipProjector}
+# Generation projectors by name (`image_link_projector`), for [GEN] and [EDIT].
+IMAGE_PROJECTORS: dict[str, ProjectorFactory] = {"mlp": generation_projector, "norm_mlp": normed_generation_projector}
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,11 @@ class TrainingConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     eval_samples: int = Field(4, ge=1, description="val samples per task scored at each evaluation")
     log_every: int = Field(1, ge=1)
+    wording: Literal["train", "template"] = Field(
+        "train",
+        description="instruction wording of training samples: the grammar's training part (shapesworld.grammar; "
+        "its held-out part is for evaluation only) or the fixed template lists",
+    )
 
 
 class RuntimeConfig(StrictModel):
@@ -81,6 +86,9 @@ class SuperLinkConfig(StrictModel):
     # The projector of the perception routes ([DET] [SEG] [GRD] [POSE]), by name (router.bindings.PROJECTORS):
     # "relu_mlp" is VisionLLM v2's patch2query; "skip_mlp" adds a linear path that keeps phrases apart.
     link_projector: Literal["relu_mlp", "skip_mlp"] = "relu_mlp"
+    # The projector of [GEN] and [EDIT] (router.bindings.IMAGE_PROJECTORS): "mlp" is VisionLLM v2's emb_proj;
+    # "norm_mlp" layer-normalises the LLM states first, so large hidden states cannot saturate the mapper.
+    image_link_projector: Literal["mlp", "norm_mlp"] = "mlp"
     model: MLLMConfig = MLLMConfig()
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()

@@ -35,6 +35,7 @@ from safetensors.torch import load_model, save_model
 
 from router.assets import checkpoint_root
 from router.bindings import (
+    IMAGE_PROJECTORS,
     PROJECTORS,
     BindingTable,
     DecoderBuilder,
@@ -42,6 +43,7 @@ from router.bindings import (
     check_table,
     default_bindings,
     default_decoder_builders,
+    generation_projector,
     perception_projector,
     run_route,
 )
@@ -354,9 +356,15 @@ __all__ = ["Pipeline", "RequestError", "np"]
 
 # ---- prepare helpers ------------------------------------------------------------------------
 def prepare_request(req: Request, index: int, config: SuperLinkConfig) -> Prepared:
-    """Decode images (mllm.images.load_image), turn region prompts into masks, bind class slots."""
+    """Decode images (mllm.images.load_image), turn region prompts into masks, bind class slots, and read
+    how locations are to be answered (boxes, or polygons of the requested point count)."""
     from mllm.images import ImageError, load_image
-    from mllm.localize import parse_class_list
+    from mllm.localize import LocalizeError, localize_request, parse_class_list
+
+    try:
+        localization = localize_request(req.instruction)
+    except LocalizeError as err:
+        raise RequestError(f"request {index}: {err}") from None
 
     images = []
     for k, data in enumerate(req.images):
@@ -372,6 +380,8 @@ def prepare_request(req: Request, index: int, config: SuperLinkConfig) -> Prepar
         regions=regions,
         options=req.options,
         classes=list(parse_class_list(req.instruction)),
+        localize=localization.mode,
+        polygon_points=localization.points,
     )
 
 
@@ -383,6 +393,15 @@ def region_dict(region: Any, image: np.ndarray, index: int, k: int) -> dict[str,
         if tuple(region.mask.size) != (h, w):
             raise RequestError(f"request {index}: regions[{k}].mask has size (h, w) {region.mask.size}, image is {(h, w)}")
         out["mask"] = {"size": list(region.mask.size), "counts": region.mask.counts}
+        return out
+    if region.scribble is not None:
+        from mllm.scribble import ScribbleError, check_scribble
+
+        try:
+            lines, width = check_scribble(region.scribble.lines, region.scribble.width, (w, h))
+        except ScribbleError as err:
+            raise RequestError(f"request {index}: regions[{k}]: {err}") from None
+        out.update(scribble=lines, width=width)
         return out
     xy = region.box if region.box is not None else region.point
     for j, v in enumerate(xy):
@@ -426,8 +445,12 @@ def run_generation(
     deployed_routes: Sequence[str],
     logits_hook: LogitsHook | None = None,
 ) -> list[Any]:
-    """mllm.generation.generate over the batch, one call per group of requests with equal decoding options."""
+    """mllm.generation.generate over the batch, one call per group of requests with equal decoding options.
+
+    A polygon request decodes under its processor constraint, so each polygon has exactly the requested points.
+    """
     from mllm.generation import generate
+    from mllm.localize import LocalizeRequest
 
     sink = GENERATED_TEXT_SINK.get()
     out: list[Any] = [None] * len(prepared)
@@ -443,11 +466,14 @@ def run_generation(
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         allowed = [[r.strip("[]") for r in p.options.routes] if p.options.routes is not None else deployed_routes for p in rows]
         o = rows[0].options
+        constraints = [
+            processor.decoding_constraint(LocalizeRequest(p.localize, p.polygon_points), len(p.classes)) for p in rows
+        ]
         on_step = None if sink is None else _text_streamer(model, [p.index for p in rows], sink)
         gens = generate(
             model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
             top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
-            on_step=on_step,
+            constraints=constraints if any(c is not None for c in constraints) else None, on_step=on_step,
         )  # fmt: skip
         for i, g in zip(group, gens, strict=True):
             out[i] = g
@@ -532,9 +558,10 @@ def route_table(
 ) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
     """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
     if bindings is None:
-        perception = PROJECTORS[config.link_projector]
+        chosen = {perception_projector: PROJECTORS[config.link_projector],
+                  generation_projector: IMAGE_PROJECTORS[config.image_link_projector]}
         table = {
-            r: replace(b, projector=perception) if b.projector is perception_projector else b
+            r: replace(b, projector=chosen.get(b.projector, b.projector))
             for r, b in default_bindings().items()
             if r in config.model.routes
         }

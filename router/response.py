@@ -101,13 +101,33 @@ def native_items(prepared: Prepared, text: str, config: SuperLinkConfig) -> tupl
     from mllm.localize import parse_native
 
     binding = dict(enumerate(prepared.classes)) if prepared.classes else None
-    found = parse_native(text, prepared.image_sizes[0], binding, config.model.vocab.location_bins)
+    size = prepared.image_sizes[0]
+    mode = "polygon" if prepared.localize == "polygon" else "auto"
+    found = parse_native(text, size, binding, config.model.vocab.location_bins, mode=mode)
     items: list[Item] = [Detection(label=lab, phrase=lab, box=tuple(b), score=1.0) for lab, b in found.detections]
     items += [Detection(label=ph, phrase=ph, box=tuple(b), score=1.0) for ph, b in found.boxes]
-    items += [Polygon(label=lab, phrase=lab, points=[tuple(p) for p in pts]) for lab, pts in found.polygons]
+    items += [Polygon(label=lab, phrase=lab, points=[tuple(p) for p in pts], mask=polygon_rle(pts, size))
+              for lab, pts in found.polygons]  # fmt: skip
     items += [Point(label=ph, phrase=ph, point=tuple(pt)) for ph, pt in found.points]
     errors = [PartError(kind="bad_output", message=f"native localisation: {e}") for e in found.errors]
+    want = prepared.polygon_points
+    errors += [
+        PartError(kind="bad_output", phrase=lab, message=f"polygon for {lab!r} has {len(pts)} points; {want} were asked for")
+        for lab, pts in found.polygons if want is not None and len(pts) != want
+    ]  # fmt: skip
     return items, errors
+
+
+def polygon_rle(points: Sequence[tuple[float, float]], size: tuple[int, int]) -> RLE:
+    """A polygon in pixels -> its mask on a (width, height) image as COCO RLE (pycocotools' own rasteriser,
+    the one COCO uses for polygon annotations)."""
+    from pycocotools import mask as mask_utils
+
+    w, h = size
+    flat = [float(v) for p in points for v in p]
+    rle = mask_utils.merge(mask_utils.frPyObjects([flat], h, w))
+    counts = rle["counts"]
+    return RLE(size=(h, w), counts=counts.decode("ascii") if isinstance(counts, bytes) else counts)
 
 
 def assemble_response(

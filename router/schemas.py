@@ -26,6 +26,14 @@ from pydantic import (
     model_validator,
 )
 
+from mllm.scribble import (
+    DEFAULT_SCRIBBLE_WIDTH,
+    MAX_SCRIBBLE_LINES,
+    MAX_SCRIBBLE_WIDTH,
+    ScribbleError,
+    check_scribble,
+)
+
 
 class SchemaModel(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -74,19 +82,38 @@ class RLE(SchemaModel):
     counts: str
 
 
+class Scribble(SchemaModel):
+    """One or more polylines drawn with a pen `width` px wide; a one-point polyline is a dot."""
+
+    lines: list[list[tuple[float, float]]] = Field(
+        min_length=1, max_length=MAX_SCRIBBLE_LINES, description="polylines, each a list of [x, y] pixel points"
+    )
+    width: float = Field(DEFAULT_SCRIBBLE_WIDTH, gt=0.0, le=MAX_SCRIBBLE_WIDTH, description="pen width in pixels")
+
+    @model_validator(mode="after")
+    def _drawable(self) -> Scribble:
+        try:
+            check_scribble(self.lines, self.width)
+        except ScribbleError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
 class RegionPrompt(SchemaModel):
-    """A visual prompt: one of mask, box or point on image `image`; fills the n-th <region> in the instruction."""
+    """A visual prompt: one of mask, box, point or scribble on image `image`; fills the n-th <region> in the
+    instruction."""
 
     image: int = Field(0, ge=0)
     box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in pixels
     point: tuple[float, float] | None = None  # x, y in pixels
     mask: RLE | None = None
+    scribble: Scribble | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RegionPrompt:
-        given = [k for k in ("box", "point", "mask") if getattr(self, k) is not None]
+        given = [k for k in ("box", "point", "mask", "scribble") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a region prompt needs exactly one of box, point or mask; got {given or 'none'}")
+            raise ValueError(f"a region prompt needs exactly one of box, point, mask or scribble; got {given or 'none'}")
         if self.box is not None and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
             raise ValueError(f"region box {list(self.box)} must have x2 > x1 and y2 > y1")
         return self
@@ -159,7 +186,8 @@ class Detection(Item):
 
 class Polygon(Item):
     label: str
-    points: list[tuple[float, float]]
+    points: list[tuple[float, float]]  # (x, y) pixels of the input image, in order
+    mask: RLE | None = None  # the polygon rasterised on the input image
 
 
 class Point(Item):

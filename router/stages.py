@@ -42,6 +42,8 @@ class Prepared:
     regions: list[dict]  # processor form: {"image": k, and one of "box", "point", "mask" (RLE dict)}
     options: Options
     classes: list[str]  # class-slot binding from the instruction (cls_k -> classes[k]); may be empty
+    localize: str = "auto"  # "polygon" when the instruction asks for polygons (mllm.localize.localize_request)
+    polygon_points: int | None = None  # the point count each polygon must have (set with localize="polygon")
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:

@@ -28,11 +28,17 @@ def world_export(
     n: Annotated[int, typer.Option(help="number of scenes")] = 100,
     seed: Annotated[int, typer.Option(help="base seed")] = 0,
     image_size: Annotated[int, typer.Option(help="scene side in pixels")] = 128,
+    wording: Annotated[str, typer.Option(help="instruction wording: template, train or heldout (the grammar's "
+                                         "held-out part, never trained on)")] = "template",
 ) -> None:
     """Write images, COCO instances JSON and a JSONL of task samples."""
     from shapesworld.export import export_split
 
-    summary = export_split(split=split, n=n, seed=seed, out=out, image_size=image_size)
+    try:
+        summary = export_split(split=split, n=n, seed=seed, out=out, image_size=image_size, wording=wording)
+    except ValueError as err:
+        typer.echo(f"superlink world export: {err}", err=True)
+        raise typer.Exit(2) from None
     _print_json_last(summary, as_json=False)
 
 
@@ -61,12 +67,21 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
     max_new_tokens: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int | None, typer.Option()] = None,
+    scribble: Annotated[list[str] | None, typer.Option(
+        "--scribble", help="a scribble region prompt on the first image: pixel points 'x,y x,y ...' "
+        "(repeat for more polylines); the instruction marks it with <region>")] = None,
+    scribble_width: Annotated[float, typer.Option(help="scribble pen width in pixels")] = 4.0,
 ) -> None:
-    """Run one instruction on images; answers, or refuses with a clear message."""
+    """Run one instruction on images; answers, or refuses with a clear message.
+
+    Polygons on request: "Outline each star with a 12-point polygon." Scribbles:
+    superlink run --image scene.png --scribble "10,12 30,40 52,41" "What is in <region>?"
+    """
     from services.runner import run_once
 
     code = run_once(instruction, images=list(image or []), model=model, out=out, as_json=as_json,
-                    max_new_tokens=max_new_tokens, seed=seed)
+                    max_new_tokens=max_new_tokens, seed=seed, scribble=list(scribble or []),
+                    scribble_width=scribble_width)
     raise typer.Exit(code)
 
 
@@ -102,6 +117,9 @@ def evaluate(
     model: ModelOpt = "shapes",
     split: Annotated[str, typer.Option(help="ShapesWorld split")] = "val",
     n: Annotated[int, typer.Option(help="number of scenes")] = 50,
+    wording: Annotated[str, typer.Option(
+        help="instruction wordings: template (the keys as before), heldout (*_heldout_wording keys: the same "
+        "scenes worded as training never words them) or both")] = "both",
     as_json: Annotated[bool, typer.Option("--json", help="last line is one JSON object")] = False,
 ) -> None:
     """Score a model on ShapesWorld with every task metric."""
@@ -110,7 +128,10 @@ def evaluate(
     except ImportError:
         typer.echo("superlink eval: the ShapesWorld evaluation suite is not built yet (needs the embedded model, issue 7).", err=True)
         raise typer.Exit(2) from None
-    _print_json_last(evaluate_model(model=model, split=split, n=n), as_json)
+    if wording not in ("template", "heldout", "both"):
+        typer.echo(f"superlink eval: unknown --wording {wording!r}; accepted: template, heldout, both", err=True)
+        raise typer.Exit(2)
+    _print_json_last(evaluate_model(model=model, split=split, n=n, wording=wording), as_json)
 
 
 @app.command()

@@ -5,6 +5,10 @@
         for ev in sl.stream("detect the circles, draw a square", images=[png]):   # server-sent events
             print(ev.event, ev.data)            # generating (in-process server), text, part (one per decoder), response
         resp = ev.response                      # the whole Response, from the last event
+        resp = sl.tasks("What is in <region>?", images=[Path("scene.png")],
+                        regions=[scribble_region([[(10, 12), (30, 40), (52, 41)]], width=6)])
+        resp = sl.tasks("Outline each star with a 12-point polygon.", images=[Path("scene.png")])
+        resp.polygons  # Polygon items: label, 12 points, mask (RLE)
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ class SuperLinkHTTPError(RuntimeError):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+def scribble_region(
+    lines: Sequence[Sequence[Sequence[float]]], width: float = 4.0, image: int = 0
+) -> RegionPrompt:
+    """A scribble region prompt: polylines of (x, y) pixel points drawn `width` px wide on image `image`."""
+    return RegionPrompt(image=image, scribble={"lines": [[tuple(p) for p in line] for line in lines], "width": width})
 
 
 def _image_bytes(image: ImageInput) -> bytes | Image.Image:

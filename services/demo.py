@@ -27,10 +27,12 @@ from PIL import Image
 from router.schemas import Options, Request, Response
 from shapesworld.tasks import TaskSample, make_sample
 
-# (task, seed): fixed scenes, chosen to cover every route, native localisation, a region prompt and a compound request.
+# (task, seed): fixed scenes, chosen to cover every route, native boxes and polygons, region prompts (a box and a
+# scribble) and a compound request.
 DEMO_SCENES: tuple[tuple[str, int], ...] = (
     ("detection", 3), ("segmentation", 5), ("grounding", 2), ("keypoints", 7), ("region", 1),
     ("native_detection", 4), ("caption", 6), ("vqa", 8), ("generation", 9), ("editing", 11), ("compound", 12),
+    ("polygon", 14), ("scribble", 14),
 )
 DEMO_SEED = 7_000_000  # apart from the train / val / test split seeds
 FALLBACK_PRESET = "tiny"
@@ -82,11 +84,13 @@ def demo_request(sample: TaskSample, k: int) -> Request:
 
 def write_scene(out: Path, k: int, sample: TaskSample, response: Response) -> Path:
     """NN_task.png and NN_task.json for one scene; returns the PNG path."""
+    from evaluation.suite import region_prompt
     from services.draw import annotate
 
     stem = out / f"{k:02d}_{sample.task}"
-    annotate(sample.image, response).save(stem.with_suffix(".png"))
+    annotate(sample.image, response, [region_prompt(r) for r in sample.regions]).save(stem.with_suffix(".png"))
     record = {"task": sample.task, "instruction": sample.instruction, "reference_answer": sample.answer,
+              "regions": [region_prompt(r).model_dump(mode="json") for r in sample.regions],
               "response": response.model_dump(mode="json")}
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return stem.with_suffix(".png")
@@ -94,6 +98,7 @@ def write_scene(out: Path, k: int, sample: TaskSample, response: Response) -> Pa
 
 def describe(k: int, sample: TaskSample, response: Response) -> str:
     parts = [f"{len(response.detections)} boxes" if response.detections else "",
+             f"{len(response.polygons)} polygons" if response.polygons else "",
              f"{sum(d.mask is not None for d in response.detections)} masks" if response.detections else "",
              f"{len(response.keypoints)} poses" if response.keypoints else "",
              f"{len(response.images)} images" if response.images else "",

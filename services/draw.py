@@ -2,6 +2,7 @@
 or edited images placed beside their source. Shared by `superlink run --out` and `superlink demo`.
 
     annotate(image, response) -> PIL.Image   (image may be None for pure generation)
+    annotate(image, response, regions)        also draws the request's region prompts (white)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from router.schemas import Response
+from router.schemas import RegionPrompt, Response
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -91,11 +92,36 @@ def draw_items(canvas: Image.Image, response: Response, image: int, scale: float
                 draw.ellipse((x * scale - 4, y * scale - 4, x * scale + 4, y * scale + 4), fill=c, outline=(0, 0, 0))
 
 
-def annotate_input(image: Image.Image, response: Response, image_index: int = 0) -> Image.Image:
-    """The input image with every perception result of `response` drawn on it."""
+PROMPT_COLOUR = (255, 255, 255)
+
+
+def draw_prompts(canvas: Image.Image, regions: Sequence[RegionPrompt], image: int, scale: float) -> None:
+    """The request's box, point and scribble region prompts on `image`, in white with a dark edge, in place."""
+    draw = ImageDraw.Draw(canvas)
+    for r in (r for r in regions if r.image == image):
+        if r.box is not None:
+            draw.rectangle(tuple(v * scale for v in r.box), outline=PROMPT_COLOUR, width=2)
+        elif r.point is not None:
+            x, y = r.point[0] * scale, r.point[1] * scale
+            draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=PROMPT_COLOUR, outline=(0, 0, 0))
+        elif r.scribble is not None:
+            width = max(1, round(r.scribble.width * scale))
+            for line in r.scribble.lines:
+                pts = [(x * scale, y * scale) for x, y in line]
+                if len(pts) > 1:
+                    draw.line(pts, fill=PROMPT_COLOUR, width=width, joint="curve")
+                for x, y in pts:
+                    draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=PROMPT_COLOUR)
+
+
+def annotate_input(
+    image: Image.Image, response: Response, image_index: int = 0, regions: Sequence[RegionPrompt] = ()
+) -> Image.Image:
+    """The input image with every perception result of `response` (and the region prompts) drawn on it."""
     seen: dict[str, tuple[int, int, int]] = {}
     canvas, scale = _upscaled(image)
     canvas = draw_masks(canvas, response, image_index, seen)
+    draw_prompts(canvas, regions, image_index, scale)
     draw_items(canvas, response, image_index, scale, seen)
     return canvas
 
@@ -116,7 +142,9 @@ def side_by_side(panels: Sequence[Image.Image], height: int) -> Image.Image:
     return out
 
 
-def annotate(image: Image.Image | np.ndarray | None, response: Response) -> Image.Image:
+def annotate(
+    image: Image.Image | np.ndarray | None, response: Response, regions: Sequence[RegionPrompt] = ()
+) -> Image.Image:
     """The input with results drawn, and generated / edited images beside it (a single picture).
 
     `image` is the request's first image (None for pure generation); with neither an image nor a
@@ -125,7 +153,7 @@ def annotate(image: Image.Image | np.ndarray | None, response: Response) -> Imag
     panels = []
     if image is not None:
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        panels.append(annotate_input(pil, response))
+        panels.append(annotate_input(pil, response, regions=regions))
     panels += [_upscaled(g)[0] for g in generated_images(response)]
     if not panels:
         raise ValueError("nothing to draw: the request had no image and the response holds no generated image")

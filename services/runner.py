@@ -34,11 +34,32 @@ def read_images(paths: list[Path]) -> list[bytes]:
     return out
 
 
-def build_request(instruction: str, images: list[bytes], max_new_tokens: int, seed: int | None) -> Request:
+def parse_scribble(lines: list[str], width: float) -> dict | None:
+    """--scribble "x,y x,y ..." (repeatable, one polyline each) and --scribble-width -> a scribble region, or None."""
+    if not lines:
+        return None
+    polylines = []
+    for text in lines:
+        try:
+            line = [[float(v) for v in pair.split(",")] for pair in text.split()]
+        except ValueError:
+            line = []
+        if not line or any(len(p) != 2 for p in line):
+            raise Refusal(f"--scribble expects pixel points 'x,y x,y ...' (one polyline per --scribble), got {text!r}")
+        polylines.append(line)
+    return {"scribble": {"lines": polylines, "width": width}}
+
+
+def build_request(instruction: str, images: list[bytes], max_new_tokens: int, seed: int | None,
+                  regions: list[dict] | None = None) -> Request:
     from pydantic import ValidationError
 
+    regions = regions or []
+    if regions and "<region>" not in instruction:
+        raise Refusal("the instruction needs a <region> placeholder where the scribble goes, "
+                      "e.g. 'What is in <region>?'")
     try:
-        return Request(images=images, instruction=instruction,
+        return Request(images=images, instruction=instruction, regions=regions,
                        options=Options(max_new_tokens=max_new_tokens, seed=seed))
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in err.errors())
@@ -65,7 +86,7 @@ def summary(response: Response) -> str:
         box = ", ".join(f"{v:.1f}" for v in d.box)
         lines.append(f"  {src} {d.label}: box ({box}) score {d.score:.2f}{' +mask' if d.mask else ''}")
     for p in response.polygons:
-        lines.append(f"  native polygon {p.label}: {len(p.points)} points")
+        lines.append(f"  native polygon {p.label}: {len(p.points)} points{' +mask' if p.mask else ''}")
     for p in response.points:
         lines.append(f"  native point {p.label}: ({p.point[0]:.1f}, {p.point[1]:.1f})")
     for k in response.keypoints:
@@ -79,7 +100,7 @@ def summary(response: Response) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, response: Response, images: list[bytes]) -> list[Path]:
+def write_outputs(out: Path, response: Response, images: list[bytes], regions: list | None = None) -> list[Path]:
     """response.json, annotated.png (input with results, generated/edited images beside) and each generated PNG."""
     import io
 
@@ -90,7 +111,7 @@ def write_outputs(out: Path, response: Response, images: list[bytes]) -> list[Pa
     written[0].write_text(response.model_dump_json(indent=2))
     first = Image.open(io.BytesIO(images[0])).convert("RGB") if images else None
     if first is not None or response.images:
-        annotate(first, response).save(out / "annotated.png")
+        annotate(first, response, regions or []).save(out / "annotated.png")
         written.append(out / "annotated.png")
     for k, im in enumerate(generated_images(response)):
         im.save(out / f"{response.images[k].route.lower()}_{k}.png")
@@ -99,15 +120,21 @@ def write_outputs(out: Path, response: Response, images: list[bytes]) -> list[Pa
 
 
 def run_once(instruction: str, images: list[Path], model: str, out: Path | None, as_json: bool,
-             max_new_tokens: int, seed: int | None) -> int:
-    """Run one instruction on `images` with `model`; print the answer (or JSON); return the exit code."""
+             max_new_tokens: int, seed: int | None, scribble: list[str] | None = None,
+             scribble_width: float = 4.0) -> int:
+    """Run one instruction on `images` with `model`; print the answer (or JSON); return the exit code.
+
+    `scribble` (polylines "x,y x,y ...") is one scribble region prompt on the first image, filling <region>.
+    """
     from router.stages import RequestError
 
     try:
-        request = build_request(instruction, read_images(list(images)), max_new_tokens, seed)
+        region = parse_scribble(list(scribble or []), scribble_width)
+        request = build_request(instruction, read_images(list(images)), max_new_tokens, seed,
+                                [region] if region else None)
         response = load_pipeline(model)(request)
         if out is not None:
-            write_outputs(out, response, request.images)
+            write_outputs(out, response, request.images, request.regions)
     except (Refusal, RequestError) as err:
         print(f"superlink run: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

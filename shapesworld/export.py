@@ -64,6 +64,9 @@ def _target_json(t: RouteTarget, out: Path, stem: str) -> dict:
 def _region_json(region: dict) -> dict:
     if "mask" in region:
         return {"mask": rle_encode(np.asarray(region["mask"], bool))}
+    if "scribble" in region:
+        return {"scribble": [[[float(x), float(y)] for x, y in line] for line in region["scribble"]],
+                "width": float(region["width"])}
     return {k: [float(v) for v in val] for k, val in region.items()}
 
 
@@ -74,17 +77,21 @@ def sample_record(sample: TaskSample, sid: str, out: Path) -> dict:
         "conversations": [{"from": "human", "value": sample.instruction}, {"from": "gpt", "value": sample.answer}],
         "targets": [_target_json(t, out, f"{sid}_target{j}") for j, t in enumerate(sample.targets)],
         "classes": list(sample.classes), "regions": [_region_json(r) for r in sample.regions],
+        **({"heldout_wording": list(sample.heldout_wording)} if sample.heldout_wording else {}),
     }
 
 
 def export_split(split: str, n: int, seed: int, out: str | Path, image_size: int = 128,
-                 location_bins: int = 1000) -> dict:
-    """Write out/images/*.png, out/instances.json (COCO) and out/samples.jsonl; return a summary."""
+                 location_bins: int = 1000, wording: str = "template") -> dict:
+    """Write out/images/*.png, out/instances.json (COCO) and out/samples.jsonl; return a summary.
+
+    `wording` words the instructions: "template", "train" or "heldout" (shapesworld.grammar).
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    data = ShapesWorldDataset(split, n, seed=seed, image_size=image_size, location_bins=location_bins)
+    data = ShapesWorldDataset(split, n, seed=seed, image_size=image_size, location_bins=location_bins, wording=wording)
     coco: dict = {"info": {"description": f"ShapesWorld {split} (seed {seed})"}, "images": [], "annotations": [],
                   "categories": coco_categories()}
     tasks: Counter[str] = Counter()

@@ -6,10 +6,18 @@ written with `mllm.codec.LocationCodec`. For every routing token in an answer th
 `RouteTarget`, in order, whose `phrase` is what `mllm.vocab.phrase_before` reads before it.
 
 Instructions tell routed and native variants apart by wording: native ones ask for coordinates.
+
+Wording (`make_sample(..., wording=...)`): "template" picks from the fixed `TEMPLATES` (evaluation's
+reference wording, the default); "train" and "heldout" word the same request from the grammar in
+`shapesworld.grammar` (its training part, or with at least one held-out choice). The wording never
+changes the scene, the request's content or the answer: sample k of a seed is the same in every mode
+but for its instruction, because wordings draw from a generator derived from the sample's, not from it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +27,10 @@ import torch
 from scipy import ndimage
 
 from mllm.codec import LocationCodec
+from mllm.localize import DEFAULT_POLYGON_POINTS
+from mllm.scribble import rasterize_scribble
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN
+from shapesworld import grammar
 from shapesworld.constants import COLORS, DEFAULT_IMAGE_SIZE, KINDS, NUM_KEYPOINTS, SPLIT_SEEDS
 from shapesworld.scene import (
     ObjectSpec,
@@ -34,10 +45,12 @@ from shapesworld.scene import (
 )
 
 TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "detection", "segmentation", "native_detection",
-                          "native_grounding", "polygon", "keypoints", "generation", "editing", "region", "compound")
+                          "native_grounding", "polygon", "keypoints", "generation", "editing", "region", "compound",
+                          "scribble")
 LARGE_SIZES = (0.15, 0.25)  # generation / editing objects: big enough to survive a 32 px generator
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
-POLYGON_POINTS = (6, 8, 10, 12, 16)
+# Polygon answers draw their point count from this range (phrasings without a count use the default).
+POLYGON_POINTS = tuple(range(4, 21))
 
 
 @dataclass
@@ -58,9 +71,11 @@ class TaskSample:
     instruction: str  # starts with "<image>\n" when there is an image; "<region>" marks each region prompt
     answer: str
     targets: list[RouteTarget]
-    regions: list[dict] = field(default_factory=list)  # {"box": [x1,y1,x2,y2]} | {"point": [x,y]} | {"mask": HxW}
+    # {"box": [x1,y1,x2,y2]} | {"point": [x,y]} | {"mask": HxW} | {"scribble": [[[x,y], ...], ...], "width": px}
+    regions: list[dict] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)  # <cls_i> means classes[i]
     scene: Scene | None = None
+    heldout_wording: list[str] = field(default_factory=list)  # held-out grammar choices in the instruction
 
 
 # ---- phrasings -----------------------------------------------------------------------------------
@@ -110,7 +125,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                 "Describe the outline of every {cats} using {n} coordinate pairs.",
                 "Write a polygon of {n} points around each {cats}.", "Return a {n}-vertex polygon for every {cats}.",
                 "Draw a polygon with {n} corners around every {cats}.", "Polygon segmentation of {cats} with {n} points.",
-                "Give the contour of each {cats} as {n} points."),
+                "Give the contour of each {cats} as {n} points.", "Segment each {cats} with a {n}-point polygon.",
+                "Outline every {cats} using {n} vertices.", "Give {n}-vertex outlines of every {cats}.",
+                "Outline each {cats} with a polygon.", "Trace every {cats} as polygons."),
     "keypoints": ("Find the keypoints of every {cats}.", "Estimate the pose of each {cats}.",
                   "Locate the corners of each {cats}.", "Detect the keypoints of {cats}.", "Where are the vertices of each {cats}?",
                   "Give the keypoints for every {cats}.", "Mark the key points of every {cats}.",
@@ -153,6 +170,7 @@ TASK_TEMPLATES: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_count_kind", "vqa_count_color", "vqa_color", "vqa_shape", "vqa_exists", "vqa_side", "vqa_height"),
     "editing": ("edit_recolor", "edit_remove", "edit_add", "edit_move"),
     "region": ("region_what", "region_color", "region_shape"),
+    "scribble": ("region_what", "region_color", "region_shape"),
     "compound": ("compound2", "compound3"),
 }
 
@@ -298,17 +316,48 @@ def polygon_points(mask: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---- task builders -------------------------------------------------------------------------------
+WORDINGS = grammar.WORDINGS  # "template" | "train" | "heldout"
+
+
+def _derived_rng(rng: np.random.Generator, salt: str) -> np.random.Generator:
+    """A generator seeded from `rng`'s current state without drawing from it (so wording never moves scenes)."""
+    state = json.dumps(rng.bit_generator.state, sort_keys=True, default=str) + salt
+    return np.random.default_rng(np.frombuffer(hashlib.sha256(state.encode()).digest(), np.uint32))
+
+
 @dataclass
 class _Ctx:
     rng: np.random.Generator
     size: int
     codec: LocationCodec
+    wording: str = "template"
+    heldout: list[str] = field(default_factory=list)  # held-out grammar choices made so far
 
     def scene(self) -> Scene:
         return sample_scene(self.rng, self.size)
 
     def template(self, key: str, **kw: object) -> str:
-        return _pick(self.rng, TEMPLATES[key]).format(**kw)
+        """The instruction text for template key `key`: a template, or (grammar wordings) a grammar rendering.
+
+        The template is drawn from `rng` in every mode, so the draws after it are the same whatever the wording.
+        """
+        return self.word(key, _pick(self.rng, TEMPLATES[key]), **kw)
+
+    def word(self, key: str, chosen: str, **kw: object) -> str:
+        """Word `chosen`, one of the TEMPLATES of `key` already drawn, as this sample's wording asks."""
+        text = chosen.format(**kw)
+        if self.wording == "template":
+            return text
+        w = grammar.render(key, _derived_rng(self.rng, key), self.wording, template=text, templates=TEMPLATES[key], **kw)
+        self.heldout += w.heldout
+        return w.text
+
+    def clause(self, key: str, **kw: object) -> tuple[str, grammar.Wording | None]:
+        """A compound clause: its template text (drawn from `rng` as always) and, for grammar wordings, a clause."""
+        text = _pick(self.rng, TEMPLATES[key]).format(**kw)
+        if self.wording == "template":
+            return text, None
+        return text, grammar.clause(key, _derived_rng(self.rng, key), self.wording, **kw)
 
 
 def make_caption(ctx: _Ctx) -> TaskSample:
@@ -381,6 +430,9 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
     cats = sample_categories(ctx.rng, scene)
     size = (scene.image_size, scene.image_size)
     n = int(_pick(ctx.rng, POLYGON_POINTS))
+    template = _pick(ctx.rng, TEMPLATES[task])
+    if "{n}" not in template:  # "Outline each star with a polygon.": the default point count
+        n = DEFAULT_POLYGON_POINTS
     groups = []
     for k, cat in enumerate(cats):
         for o in sorted((o for o in scene.objects if _matches(o, cat)), key=lambda o: tuple(o.box)):
@@ -389,7 +441,7 @@ def _native_categories(ctx: _Ctx, task: str) -> TaskSample:
             else:
                 groups.append(ctx.codec.encode_box(o.box.tolist(), size, cls=k))
     answer = (", ".join(groups) if groups else "none") + "."
-    instruction = _with_image(ctx.template(task, cats=join_words(cats), n=n))
+    instruction = _with_image(ctx.word(task, template, cats=join_words(cats), n=n))
     return TaskSample(task, render(scene), instruction, answer, [], classes=cats, scene=scene)
 
 
@@ -429,6 +481,7 @@ def _image_target(route: str, phrase: str, scene: Scene) -> RouteTarget:
 
 def make_editing(ctx: _Ctx) -> TaskSample:
     for _ in range(100):
+        ctx.heldout = []  # only the attempt that is kept counts
         n = int(ctx.rng.integers(1, 5))
         source = place_objects(ctx.rng, [(None, None)] * n, ctx.size, sample_background(ctx.rng), LARGE_SIZES)
         if source is None:
@@ -475,11 +528,13 @@ def _edit(ctx: _Ctx, source: Scene) -> tuple[str, Scene] | None:
     return (text, scene) if scene_is_valid(scene) else None
 
 
-def make_region(ctx: _Ctx) -> TaskSample:
+def make_region(ctx: _Ctx, kinds: Sequence[str] = ("box", "point", "mask"), task: str = "region") -> TaskSample:
     scene = ctx.scene()
     o = _pick(ctx.rng, scene.objects)
-    kind = _pick(ctx.rng, ("box", "point", "mask"))
-    if kind == "box":
+    kind = _pick(ctx.rng, kinds)
+    if kind == "scribble":
+        region: dict = scribble_on(o.mask, ctx.rng)
+    elif kind == "box":
         region: dict = {"box": o.box.tolist()}
     elif kind == "point":
         depth = ndimage.distance_transform_edt(np.pad(o.mask, 1))[1:-1, 1:-1]
@@ -490,7 +545,24 @@ def make_region(ctx: _Ctx) -> TaskSample:
     key = _pick(ctx.rng, TASK_TEMPLATES["region"])
     answer = {"region_what": counted(1, o.color, o.kind), "region_color": o.color, "region_shape": o.kind}[key]
     instruction = _with_image(ctx.template(key, region=REGION_TOKEN))
-    return TaskSample("region", render(scene), instruction, answer, [], regions=[region], scene=scene)
+    return TaskSample(task, render(scene), instruction, answer, [], regions=[region], scene=scene)
+
+
+def scribble_on(mask: np.ndarray, rng: np.random.Generator, tries: int = 10) -> dict:
+    """A scribble region prompt on an object: a 2..4-point polyline through its interior, drawn 2..5 px wide,
+    kept when at least 80% of its pixels fall on the object; else a dot at the object's deepest point."""
+    width = float(rng.integers(2, 6))
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    h, w = mask.shape
+    inside = np.argwhere(depth >= max(width / 2, 1.0))  # (n, 2) y, x where the pen stays on the object
+    for _ in range(tries if len(inside) >= 2 else 0):
+        pick = inside[rng.choice(len(inside), size=int(rng.integers(2, 5)), replace=len(inside) < 4)]
+        line = [[float(x) + 0.5, float(y) + 0.5] for y, x in pick[np.argsort(pick[:, 1])]]
+        drawn = rasterize_scribble([line], width, (w, h))
+        if (drawn & mask).sum() >= 0.8 * drawn.sum():
+            return {"scribble": [line], "width": width}
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    return {"scribble": [[[float(x) + 0.5, float(y) + 0.5]]], "width": width}
 
 
 def make_compound(ctx: _Ctx) -> TaskSample:
@@ -498,28 +570,36 @@ def make_compound(ctx: _Ctx) -> TaskSample:
     parts = list(ctx.rng.permutation(["det", "seg", "grd", "pose", "gen"])[: int(ctx.rng.integers(2, 4))])
     if parts == ["gen"] or set(parts) == {"gen"}:
         parts = ["det", "gen"]
-    clauses, answers, targets = [], [], []
+    clauses, worded, answers, targets = [], [], [], []
     for part in parts:
-        clause, answer, part_targets = _compound_part(ctx, scene, str(part))
+        (clause, words), answer, part_targets = _compound_part(ctx, scene, str(part))
         clauses.append(clause)
+        worded.append(words)
         answers.append(answer)
         targets += part_targets
-    keys = dict(zip("abc", clauses, strict=False))
-    text = ctx.template(f"compound{len(clauses)}", **keys)
-    return TaskSample("compound", render(scene), _with_image(text[0].upper() + text[1:]),
-                      "Sure, " + "; ".join(answers) + ".", targets, scene=scene)
+    key = f"compound{len(clauses)}"
+    text = _pick(ctx.rng, TEMPLATES[key]).format(**dict(zip("abc", clauses, strict=False)))
+    text = text[0].upper() + text[1:]
+    if ctx.wording != "template":
+        held = [h for w in worded for h in w.heldout]
+        w = grammar.render(key, _derived_rng(ctx.rng, key), ctx.wording, template=text, clause_heldout=held,
+                           **dict(zip("abc", [w.text for w in worded], strict=False)))
+        text, ctx.heldout = w.text, ctx.heldout + w.heldout
+    return TaskSample("compound", render(scene), _with_image(text), "Sure, " + "; ".join(answers) + ".", targets,
+                      scene=scene)
 
 
-def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[str, str, list[RouteTarget]]:
+def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[tuple[str, grammar.Wording | None], str,
+                                                                 list[RouteTarget]]:
     if part == "gen":
         gen = _generation_scene(ctx)
-        return (ctx.template("clause_gen", desc=describe_groups(gen.objects)), "here is the image [GEN]",
+        return (ctx.clause("clause_gen", desc=describe_groups(gen.objects)), "here is the image [GEN]",
                 [_image_target("GEN", "image", gen)])
     exprs = referring_expressions(scene)
     if part == "grd" and exprs:
         expr, obj = _pick(ctx.rng, exprs)
         boxes, masks, _ = _stack([obj], scene.image_size)
-        return ctx.template("clause_grd", expr=expr), f"the {expr} [GRD]", [RouteTarget("GRD", expr, boxes, masks)]
+        return ctx.clause("clause_grd", expr=expr), f"the {expr} [GRD]", [RouteTarget("GRD", expr, boxes, masks)]
     route = {"det": "DET", "seg": "SEG", "pose": "POSE", "grd": "DET"}[part]
     cats = sample_categories(ctx.rng, scene, max_n=2)
     targets = []
@@ -528,7 +608,7 @@ def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[str, str, list[R
         targets.append(RouteTarget(route, cat, boxes, None if route == "POSE" else masks,
                                    kps if route == "POSE" else None))
     key = {"DET": "clause_det", "SEG": "clause_seg", "POSE": "clause_pose"}[route]
-    return ctx.template(key, cats=join_words(cats)), join_words([f"{c} [{route}]" for c in cats]), targets
+    return ctx.clause(key, cats=join_words(cats)), join_words([f"{c} [{route}]" for c in cats]), targets
 
 
 BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {
@@ -544,16 +624,22 @@ BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {
     "generation": make_generation,
     "editing": make_editing,
     "region": make_region,
+    "scribble": lambda ctx: make_region(ctx, ("scribble",), "scribble"),
     "compound": make_compound,
 }
 
 
 def make_sample(task: str, rng: np.random.Generator, image_size: int = DEFAULT_IMAGE_SIZE,
-                location_bins: int = 1000) -> TaskSample:
-    """One sample of `task`, drawn with `rng`."""
+                location_bins: int = 1000, wording: str = "template") -> TaskSample:
+    """One sample of `task`, drawn with `rng`, its instruction worded as `wording` (see the module docstring)."""
     if task not in BUILDERS:
         raise ValueError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
-    return BUILDERS[task](_Ctx(rng, image_size, LocationCodec(location_bins)))
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown wording {wording!r}; accepted: {', '.join(WORDINGS)}")
+    ctx = _Ctx(rng, image_size, LocationCodec(location_bins), wording)
+    sample = BUILDERS[task](ctx)
+    sample.heldout_wording = list(ctx.heldout)
+    return sample
 
 
 # ---- data set ------------------------------------------------------------------------------------
@@ -562,7 +648,10 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: str, n: int, seed: int | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
                  location_bins: int = 1000, tasks: Sequence[str] | None = None,
-                 weights: Sequence[float] | None = None):
+                 weights: Sequence[float] | None = None, wording: str = "template"):
+        if wording not in WORDINGS:
+            raise ValueError(f"unknown wording {wording!r}; accepted: {', '.join(WORDINGS)}")
+        self.wording = wording
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLIT_SEEDS)}")
         self.tasks = tuple(tasks or TASKS)
@@ -584,12 +673,13 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {self.n} samples")
         rng = np.random.default_rng(SPLIT_SEEDS[self.split] + self.seed + i)
         task = self.tasks[int(rng.choice(len(self.tasks), p=self.probs))]
-        return make_sample(task, rng, self.image_size, self.location_bins)
+        return make_sample(task, rng, self.image_size, self.location_bins, self.wording)
 
 
-def corpus(n: int, image_size: int = DEFAULT_IMAGE_SIZE, location_bins: int = 1000) -> Iterator[str]:
+def corpus(n: int, image_size: int = DEFAULT_IMAGE_SIZE, location_bins: int = 1000,
+           wording: str = "train") -> Iterator[str]:
     """Instruction + answer texts of `n` training samples over all tasks (for training a tokenizer)."""
-    data = ShapesWorldDataset("train", n, image_size=image_size, location_bins=location_bins)
+    data = ShapesWorldDataset("train", n, image_size=image_size, location_bins=location_bins, wording=wording)
     for i in range(n):
         s = data[i]
         yield f"{s.instruction}\n{s.answer}"

@@ -3,6 +3,7 @@
   grd_acc50    teacher-forced [GRD]: the answer is fed, its link states go to the detector
   vqa_acc      greedy generation, exact match after normalisation
   routing_acc  greedy generation on routed tasks: emitted routes vs the answer's routes
+  routing_acc_heldout_wording  the same on the same requests worded with the grammar's held-out part
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from router.loss import collate, model_inputs, route_targets
 ROUTED_TASKS = ("detection", "segmentation", "grounding", "keypoints", "generation", "editing")
 
 
-def val_samples(cfg: SuperLinkConfig, task: str, n: int) -> list[Any]:
+def val_samples(cfg: SuperLinkConfig, task: str, n: int, wording: str = "template") -> list[Any]:
     from shapesworld.tasks import ShapesWorldDataset
 
     data = ShapesWorldDataset(
         "val", n, seed=cfg.training.seed, image_size=cfg.training.image_size,
-        location_bins=cfg.model.vocab.location_bins, tasks=[task],
+        location_bins=cfg.model.vocab.location_bins, tasks=[task], wording=wording,
     )  # fmt: skip
     return [data[i] for i in range(n)]
 
@@ -71,10 +72,11 @@ def evaluate(system: SuperLinkSystem, processor: Any, cfg: SuperLinkConfig, devi
         vqa = val_samples(cfg, "vqa", n)
         result["vqa_acc"] = vqa_accuracy([g.text for g in generated(system, processor, vqa, device, 8)],
                                          [s.answer for s in vqa])
-        routed = [s for t in ROUTED_TASKS for s in val_samples(cfg, t, max(1, n // len(ROUTED_TASKS)))]
-        gens = generated(system, processor, routed, device, 24)
-        result["routing_acc"] = routing_accuracy([[e.route for e in g.links] for g in gens],
-                                                 [route_names_in(s.answer) for s in routed])
+        for wording, key in (("template", "routing_acc"), ("heldout", "routing_acc_heldout_wording")):
+            routed = [s for t in ROUTED_TASKS for s in val_samples(cfg, t, max(1, n // len(ROUTED_TASKS)), wording)]
+            gens = generated(system, processor, routed, device, 24)
+            result[key] = routing_accuracy([[e.route for e in g.links] for g in gens],
+                                           [route_names_in(s.answer) for s in routed])
     finally:
         system.train(was_training)
     return result

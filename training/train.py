@@ -143,7 +143,7 @@ def batch_samples(cfg: SuperLinkConfig, step: int, micro: int, rank: int) -> lis
     rng = np.random.default_rng([cfg.training.seed, step, micro, rank])
     picks = rng.choice(len(tasks), size=cfg.training.batch_size, p=p)
     bins = cfg.model.vocab.location_bins
-    return [make_sample(tasks[int(k)], rng, cfg.training.image_size, bins) for k in picks]
+    return [make_sample(tasks[int(k)], rng, cfg.training.image_size, bins, wording=cfg.training.wording) for k in picks]
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 import pytest
@@ -29,9 +30,9 @@ def _family(family: str, n: int) -> list:
 
 
 def test_samples_are_fixed_spread_over_families_and_grow_with_n():
-    small = suite.eval_samples("val", 11)
+    small = suite.eval_samples("val", len(suite.FAMILIES))
     assert [f for f, _ in small] == list(suite.FAMILIES)
-    big = suite.eval_samples("val", 22)
+    big = suite.eval_samples("val", 2 * len(suite.FAMILIES))
     firsts = {f: s for f, s in big[::-1]}  # first sample of each family in the bigger set
     for f, s in small:
         assert s.instruction == firsts[f].instruction and s.answer == firsts[f].answer
@@ -40,6 +41,28 @@ def test_samples_are_fixed_spread_over_families_and_grow_with_n():
         suite.eval_samples("dev", 3)
     with pytest.raises(ValueError, match="task families"):
         suite.eval_samples("val", 3, families=("juggling",))
+
+
+def test_heldout_wording_set_is_the_same_scenes_worded_differently():
+    template = suite.eval_samples("val", 22)
+    heldout = suite.eval_samples("val", 22, wording="heldout")
+    assert [f for f, _ in heldout] == [f for f, _ in template]
+    for (_, a), (_, b) in zip(template, heldout, strict=True):
+        assert a.answer == b.answer and a.classes == b.classes
+        assert a.heldout_wording == [] and b.heldout_wording
+    assert sum(a.instruction != b.instruction for (_, a), (_, b) in zip(template, heldout, strict=True)) >= 20
+    with pytest.raises(ValueError, match="wording"):
+        suite.eval_samples("val", 3, wording="train")
+
+
+def test_routing_by_heldout_axis_counts_each_kind_once_per_sample():
+    pairs = suite.eval_samples("val", 11, wording="heldout")
+    scored = [suite.Scored(f, s, _response(routes=suite.route_names_in(s.answer))) for f, s in pairs]
+    axes = suite.routing_by_axis(scored)
+    assert axes and set(axes.values()) == {1.0}
+    assert set(axes) == {h.split("=")[0] for _, s in pairs for h in s.heldout_wording}
+    wrong = [suite.Scored(f, s, _response(routes=[])) for f, s in pairs]
+    assert min(suite.routing_by_axis(wrong).values()) < 1.0  # routed families now miss
 
 
 def test_detection_ap_is_one_for_ground_truth_and_zero_for_nothing():
@@ -97,9 +120,55 @@ def test_teacher_forced_tiny_pipeline_scores_text_and_native_answers_perfectly()
     from router.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained("tiny")
-    result = suite.evaluate_pipeline(pipe, n=8, teacher_force=True, families=("vqa", "caption", "region", "native_detection"))
-    assert result["n"] == 8
+    families = ("vqa", "caption", "region", "native_detection", "polygon")
+    result = suite.evaluate_pipeline(pipe, n=10, teacher_force=True, families=families)
+    assert result["n"] == 10
     assert result["vqa_acc"] == 1.0 and result["caption_f1"] == 1.0 and result["region_acc"] == 1.0
     assert result["routing_acc"] == 1.0
     assert result["native_det_ap"] > 0.5  # 32 location bins over 128 px: boxes quantised to 4 px
+    assert result["poly_count_ok"] == 1.0 and result["poly_ap"] > 0.3
     assert result["det_ap"] is None and result["gen_acc"] is None  # families not evaluated
+
+
+def _polygon_response(sample, bins: int = 1000, drop_last_point: bool = False) -> Response:
+    from mllm.localize import parse_native
+    from router.response import polygon_rle
+    from router.schemas import Polygon
+
+    found = parse_native(sample.answer, (128, 128), dict(enumerate(sample.classes)), bins, mode="polygon")
+    polys, raw = [], sample.answer
+    for label, pts in found.polygons:
+        pts = pts[:-1] if drop_last_point else pts
+        polys.append(Polygon(label=label, phrase=label, points=pts, mask=polygon_rle(pts, (128, 128))))
+    if drop_last_point:
+        raw = re.sub(r"((?:<loc_\d+>)+)", lambda m: "".join(re.findall(r"<loc_\d+>", m.group(1))[:-2]), raw)
+    return _response(raw_text=raw, polygons=polys)
+
+
+def test_polygon_metrics_score_reference_polygons_and_count_points():
+    samples = _family("polygon", 6)
+    assert any(s.answer != "none." for s in samples)
+    good = [suite.Scored("polygon", s, _polygon_response(s)) for s in samples]
+    short = [suite.Scored("polygon", s, _polygon_response(s, drop_last_point=True)) for s in samples]
+    empty = [suite.Scored("polygon", s, _response()) for s in samples]
+    assert suite.score_polygon_counts(good) == 1.0
+    assert suite.score_polygon_counts(short) == 0.0
+    assert suite.score_polygon_counts(empty) is None
+    assert suite.score_polygons(good)["ap"] > 0.5  # the reference outlines are polygons of 4..20 points
+    assert suite.score_polygons(empty)["ap"] == 0.0
+
+
+@pytest.mark.slow
+def test_teacher_forced_heldout_wording_scores_the_same_answers():
+    from router.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained("tiny")
+    result = suite.evaluate_pipeline(pipe, n=6, teacher_force=True, families=("vqa", "caption", "region"),
+                                     wording="both")
+    assert result["n"] == result["n_heldout_wording"] == 6
+    for key in ("vqa_acc", "caption_f1", "region_acc", "routing_acc"):
+        assert result[key] == result[key + suite.HELDOUT] == 1.0, key
+    only = suite.evaluate_pipeline(pipe, n=3, teacher_force=True, families=("vqa",), wording="heldout")
+    assert "vqa_acc" not in only and only["vqa_acc_heldout_wording"] == 1.0
+    with pytest.raises(ValueError, match="accepted"):
+        suite.evaluate_pipeline(pipe, n=3, wording="pirate")

@@ -6,6 +6,8 @@ import pytest
 
 from mllm.codec import CodecError, LocationCodec, bind_classes
 from mllm.localize import (
+    DEFAULT_POLYGON_POINTS,
+    LocalizeRequest,
     NativeResults,
     localize_mode,
     parse_class_list,
@@ -119,3 +121,76 @@ def test_class_list_from_every_shapesworld_native_detection_phrasing():
     for template in TEMPLATES["native_detection"]:
         instruction = template.format(cats="circle, red star and square")
         assert parse_class_list(instruction) == ["circle", "red star", "square"], instruction
+
+
+# ---- polygons on request ------------------------------------------------------------------------
+CATEGORY_LISTS = (
+    ("cross and circle", ["cross", "circle"]),
+    ("circle, red star and square", ["circle", "red star", "square"]),
+    ("green hexagon", ["green hexagon"]),
+)
+
+
+@pytest.mark.parametrize("n", [3, 8, 37, 64])
+@pytest.mark.parametrize(("cats", "expected"), CATEGORY_LISTS)
+def test_every_shapesworld_polygon_phrasing_binds_categories_and_count(cats, expected, n):
+    from mllm.localize import localize_request
+    from shapesworld.tasks import phrasings
+
+    for template in phrasings("polygon"):
+        instruction = "<image>\n" + template.format(cats=cats, n=n)
+        assert parse_class_list(instruction) == expected, instruction
+        points = n if "{n}" in template else DEFAULT_POLYGON_POINTS
+        assert localize_request(instruction) == LocalizeRequest("polygon", points), instruction
+
+
+@pytest.mark.parametrize(("cats", "expected"), CATEGORY_LISTS)
+def test_every_shapesworld_native_phrasing_binds_only_categories(cats, expected):
+    from mllm.localize import localize_request
+    from shapesworld.tasks import phrasings
+
+    for template in phrasings("native_detection") + phrasings("detection"):
+        instruction = "<image>\n" + template.format(cats=cats)
+        assert parse_class_list(instruction) == expected, instruction
+        assert localize_request(instruction) == LocalizeRequest(), instruction
+
+
+@pytest.mark.parametrize(
+    ("instruction", "classes", "points"),
+    [
+        ("Outline every cross and circle with a polygon of 8 points.", ["cross", "circle"], 8),
+        ("Segment each star with a 12-point polygon", ["star"], 12),
+        ("outline the red circle using 20 vertices", ["red circle"], 20),
+        ("Trace every square with twelve corners.", ["square"], 12),
+        ("Outline each star and cross with a polygon.", ["star", "cross"], DEFAULT_POLYGON_POINTS),
+        ("Give the contour of the blue triangle as exactly 5 points.", ["blue triangle"], 5),
+    ],
+)
+def test_requested_polygons(instruction, classes, points):
+    from mllm.localize import localize_request
+
+    assert parse_class_list(instruction) == classes
+    assert localize_request(instruction) == LocalizeRequest("polygon", points)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "match"),
+    [
+        ("Outline each star with a 2-point polygon", "polygon of 2 points was asked for; supported point counts are 3..64"),
+        ("Outline each star using 65 vertices", "supported point counts are 3..64"),
+        ("Outline each star with 8 points and each circle with 12 points", "polygons of 8 and 12 points"),
+    ],
+)
+def test_polygon_count_errors_say_what_is_accepted(instruction, match):
+    from mllm.localize import LocalizeError, localize_request
+
+    with pytest.raises(LocalizeError, match=match):
+        localize_request(instruction)
+
+
+def test_counts_outside_polygon_requests_are_ignored():
+    from mllm.localize import localize_request, requested_points
+
+    assert localize_request("How many stars are there?") == LocalizeRequest()
+    assert requested_points("Detect the stars.") is None
+    assert localize_mode("Describe the outline of every star") == "polygon"

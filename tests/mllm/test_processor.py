@@ -301,8 +301,8 @@ def test_region_mask_from_rle_and_tiny_box(proc: SuperLinkProcessor) -> None:
         ("what is this?", [{"box": [0, 0, 4, 4]}], r"0 <region> placeholder\(s\) but 1 region"),
         ("<region>", [{"box": [0, 0, 40, 4]}], "outside the 16x16 image"),
         ("<region>", [{"box": [8, 0, 4, 4]}], "x2 < x1"),
-        ("<region>", [{"box": [0, 0, 4, 4], "point": [1, 1]}], "exactly one of box, point or mask"),
-        ("<region>", [{"polygon": [0, 0, 4, 4]}], "exactly one of box, point or mask"),
+        ("<region>", [{"box": [0, 0, 4, 4], "point": [1, 1]}], "exactly one of box, point, mask or scribble"),
+        ("<region>", [{"polygon": [0, 0, 4, 4]}], "exactly one of box, point, mask or scribble"),
         ("<region>", [{"mask": np.zeros((16, 16), bool)}], "mask is empty"),
         (
             "<region>",
@@ -343,3 +343,46 @@ def test_tokenizer_without_superlink_tokens_is_refused(proc: SuperLinkProcessor,
     bigger = tiny_config.model.model_copy(update={"routes": {**tiny_config.model.routes, "DEPTH": 4}})
     with pytest.raises(ProcessorError, match=r"tokenizer lacks SuperLink tokens: \[DEPTH\], \[DEPTH_Q\]"):
         SuperLinkProcessor(proc.tokenizer, bigger)
+
+
+def test_localization_reads_the_polygon_count_and_builds_its_constraint(proc: SuperLinkProcessor) -> None:
+    from mllm.localize import LocalizeRequest
+
+    spec = proc.localization("<image>\noutline the red circle using 20 vertices")
+    assert spec == LocalizeRequest("polygon", 20)
+    c = proc.decoding_constraint(spec, num_classes=1)
+    assert c is not None and c.points == 20 and c.bound == 1
+    assert list(c.loc_ids) == proc.tokenizer.convert_tokens_to_ids([f"<loc_{i}>" for i in range(len(c.loc_ids))])
+    assert proc.decoding_constraint(proc.localization("detect the stars"), 1) is None
+    with pytest.raises(ProcessorError, match="supported point counts are 3..64"):
+        proc.localization("Segment each star with a 100-point polygon")
+
+
+def test_scribble_regions_are_encoded_like_masks(proc: SuperLinkProcessor) -> None:
+    img = Image.new("RGB", (64, 64), (0, 0, 0))
+    batch = proc(["<region> what is here?"], images=[[img]],
+                 regions=[[{"scribble": [[[8, 40], [56, 40]]], "width": 8}]])
+    mask = batch["region_masks"][0]  # (S, S) at the vision resolution (32 for tiny)
+    s = mask.shape[0]
+    rows = mask[:, s // 2].nonzero().flatten().tolist()  # an 8 px pen at y = 40 of 64 px: ~4 of 32 rows at y ~ 20
+    assert 4 <= len(rows) <= 5 and set(rows) <= set(range(17, 24))
+    assert mask[:2].sum() == 0 and mask[-2:].sum() == 0
+    with pytest.raises(ProcessorError, match="region scribble polyline 0 has point .* outside the 64x64 image"):
+        proc(["<region>"], images=[[img]], regions=[[{"scribble": [[[8, 40], [99, 40]]]}]])
+    with pytest.raises(ProcessorError, match="'width' for a scribble"):
+        proc(["<region>"], images=[[img]], regions=[[{"box": [1, 1, 4, 4], "width": 3}]])
+
+
+def test_uncased_processor_reads_every_casing_alike(tiny_config) -> None:
+    tok = build_tokenizer(CORPUS, Vocabulary.from_config(tiny_config.model), vocab_size=300)
+    cased = SuperLinkProcessor(tok, tiny_config.model)
+    text = tiny_config.model.text.model_copy(update={"lowercase_instructions": True})
+    uncased = SuperLinkProcessor(tok, tiny_config.model.model_copy(update={"text": text}))
+    wordings = ["Describe the image.", "describe the image.", "DESCRIBE THE IMAGE.", "Describe The Image."]
+    assert len({tuple(uncased.encode_row(w, 1).input_ids) for w in wordings}) == 1
+    assert len({tuple(cased.encode_row(w, 1).input_ids) for w in wordings}) == 4
+    row = uncased.encode_row("Detect Red Circle", 1, "Sure, red circle [DET].")
+    ref = cased.encode_row("detect red circle", 1, "Sure, red circle [DET].")
+    assert row.input_ids == ref.input_ids and row.labels == ref.labels  # the answer keeps its "Sure"
+    with pytest.raises(ProcessorError, match="DET"):
+        uncased.encode_row("find [DET]", 1)

@@ -147,3 +147,49 @@ def test_decoder_only_process_runs_planned_calls(pipe, scene_png):
     results = {"detector": replica.run_decoder("detector", calls["detector"])}
     (resp,) = pipe.assemble(prepared, gens, pickle.loads(pickle.dumps(results)), {})
     assert resp.routes == ["DET"] and resp.errors == []
+
+
+# ---- polygons on request ----------------------------------------------------------------------
+def _polygon_bias(pipe: Pipeline):
+    """An additive hook that prefers <cls_0>, then <loc_5>, then eos: left alone it writes class slots only."""
+    tok = pipe.processor.tokenizer
+    cls0, loc5 = tok.convert_tokens_to_ids(["<cls_0>", "<loc_5>"])
+
+    def hook(step: int, logits: torch.Tensor) -> torch.Tensor:
+        out = logits.clone()
+        out[:, cls0] += 100.0
+        out[:, loc5] += 90.0
+        out[:, tok.eos_token_id] += 50.0
+        return out
+
+    return hook
+
+
+def test_polygon_request_is_answered_with_the_requested_point_count(pipe, scene_png):
+    """23 points: a count the ShapesWorld corpus (4..20) never holds; the decoding constraint gives it exactly."""
+    pipe.logits_hook = _polygon_bias(pipe)
+    req = Request(images=[scene_png], instruction="Segment each star with a 23-point polygon.",
+                  options={"max_new_tokens": 100})
+    resp = pipe(req)
+    assert len(resp.polygons) == 2  # a third polygon (47 tokens) no longer fits in the budget
+    assert all(p.label == "star" and len(p.points) == 23 for p in resp.polygons)
+    assert all(p.mask is not None and tuple(p.mask.size) == (96, 96) for p in resp.polygons)
+    assert resp.errors == []
+    # the same model asked for boxes is not constrained: it writes class slots with no locations
+    free = pipe(Request(images=[scene_png], instruction="Detect each star and give box coordinates.",
+                        options={"max_new_tokens": 100}))
+    assert free.polygons == [] and "<loc_" not in free.raw_text
+
+
+def test_polygon_count_out_of_range_is_a_request_error(pipe, scene_png):
+    with pytest.raises(RequestError, match="supported point counts are 3..64"):
+        pipe(Request(images=[scene_png], instruction="Outline each star with a 2-point polygon."))
+
+
+def test_polygon_masks_are_rasterised_polygons():
+    from evaluation.coco import rle_to_mask
+    from router.response import polygon_rle
+
+    mask = rle_to_mask(polygon_rle([(10, 10), (30, 10), (30, 20), (10, 20)], (40, 30)))  # a 20 x 10 rectangle
+    assert mask.shape == (30, 40) and abs(int(mask.sum()) - 200) <= 30
+    assert mask[15, 20] and not mask[5, 5] and not mask[25, 35]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from router.schemas import Request, Response
-from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTPError
+from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTPError, scribble_region
 from services.config import HTTPConfig
 from services.http import BackgroundServer, create_app
 from services.testing import FakePipeline
@@ -66,3 +66,13 @@ def test_async_client(url):
 def test_request_and_parts_are_exclusive():
     with SuperLinkClient("http://127.0.0.1:9") as sl, pytest.raises(ValueError, match="not both"):
         sl.tasks(Request(instruction="x"), images=[png()])
+
+
+def test_scribble_region_helper_builds_a_valid_prompt(url):
+    region = scribble_region([[(1, 1), (6, 5)]], width=3)
+    assert region.scribble.lines == [[(1.0, 1.0), (6.0, 5.0)]] and region.scribble.width == 3
+    with SuperLinkClient(url, token="tok") as sl:
+        resp = sl.tasks("detect <region>", images=[png()], regions=[region])
+    assert resp.routes == ["DET"]
+    with pytest.raises(ValueError, match="polyline 0 is empty"):
+        scribble_region([[]])

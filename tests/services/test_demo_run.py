@@ -160,3 +160,41 @@ def test_run_refuses_unknown_model(tmp_path, capsys):
     code = runner.run_once("hello", [], "no-such-model", None, as_json=False, max_new_tokens=4, seed=None)
     err = capsys.readouterr().err
     assert code == runner.EXIT_REFUSED and "no-such-model" in err and "Traceback" not in err
+
+
+def test_run_with_a_scribble_region(tmp_path, capsys, cached_pipeline):
+    path = tmp_path / "scene.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    code = runner.run_once("What is in <region>?", [path], "tiny", tmp_path / "out", as_json=False, max_new_tokens=4,
+                           seed=0, scribble=["5,5 30,20 40,40", "50,10"], scribble_width=6)
+    assert code == 0, capsys.readouterr().err
+    saved = Response.model_validate_json((tmp_path / "out" / "response.json").read_text())
+    assert saved.raw_text is not None
+    drawn = np.asarray(Image.open(tmp_path / "out" / "annotated.png"))
+    assert (drawn == 255).all(-1).any()  # the scribble is drawn in white on the red picture
+
+
+@pytest.mark.parametrize(
+    ("instruction", "scribble", "message"),
+    [
+        ("What is in <region>?", ["5,5 30"], "--scribble expects pixel points"),
+        ("What is in <region>?", ["5,5 a,b"], "--scribble expects pixel points"),
+        ("What is in <region>?", ["5,5 300,20"], "outside the 64x48 image"),
+        ("What is here?", ["5,5 30,20"], "needs a <region> placeholder"),
+    ],
+)
+def test_run_refuses_bad_scribbles_in_one_line(tmp_path, capsys, cached_pipeline, instruction, scribble, message):
+    path = tmp_path / "scene.png"
+    Image.new("RGB", (64, 48)).save(path)
+    code = runner.run_once(instruction, [path], "tiny", None, as_json=False, max_new_tokens=4, seed=0, scribble=scribble)
+    err = capsys.readouterr().err
+    assert code == runner.EXIT_REFUSED and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_demo_has_polygon_and_scribble_scenes(tmp_path, cached_pipeline):
+    demo.run_demo(tmp_path, model="no-such-model", tasks=("polygon", "scribble"))
+    poly = json.loads((tmp_path / "00_polygon.json").read_text())
+    scribble = json.loads((tmp_path / "01_scribble.json").read_text())
+    assert poly["response"]["polygons"] and all(p["mask"] for p in poly["response"]["polygons"])
+    assert scribble["regions"][0]["scribble"]["lines"]
+    assert scribble["response"]["text"] == scribble["reference_answer"]

@@ -224,3 +224,29 @@ def test_route_bound_to_missing_decoder_is_part_error():
     r = client(Unbound()).post("/v1/tasks", json=body("detect circles"))
     assert r.status_code == 200
     assert [(e["route"], e["kind"]) for e in r.json()["errors"]] == [("DET", "route_not_deployed")]
+
+
+# ---- scribble region prompts ------------------------------------------------------------------
+def test_tiny_scribble_request_over_http_is_answered(tiny_client):
+    scribble = {"lines": [[[4, 30], [20, 24], [40, 28]], [[10, 10]]], "width": 5}
+    r = tiny_client.post("/v1/tasks", json={"images": [b64(png(48, 48))], "instruction": "what is in <region>?",
+                                            "regions": [{"image": 0, "scribble": scribble}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "an image" and r.json()["errors"] == []  # the scripted answer, after the real encoder
+
+
+@pytest.mark.parametrize(
+    ("scribble", "match"),
+    [
+        ({"lines": []}, "at least 1 item"),
+        ({"lines": [[]]}, "polyline 0 is empty"),
+        ({"lines": [[[1, 1], [60, 2]]]}, "outside the 48x48 image"),
+        ({"lines": [[[1, 1]] * 1025]}, "at most 1024 are accepted"),
+        ({"lines": [[[1, 1]]], "width": 0}, "greater than 0"),
+        ({"lines": [[[1, 1]]], "width": 1000}, "less than or equal to 256"),
+    ],
+)
+def test_tiny_bad_scribble_is_422(tiny_client, scribble, match):
+    r = tiny_client.post("/v1/tasks", json={"images": [b64(png(48, 48))], "instruction": "what is in <region>?",
+                                            "regions": [{"image": 0, "scribble": scribble}]})
+    assert r.status_code == 422 and match in r.json()["detail"] and "regions" in r.json()["detail"], r.text

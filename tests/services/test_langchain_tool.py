@@ -29,7 +29,7 @@ def tool_call(args: dict) -> dict:
 def test_schema_hides_bytes_and_lists_args():
     tool = SuperLinkTool(backend=FakePipeline())
     props = tool.tool_call_schema.model_json_schema()["properties"]
-    assert set(props) == {"instruction", "image_ids"}
+    assert set(props) == {"instruction", "image_ids", "regions"}
 
 
 def test_in_process_content_and_artifact():
@@ -86,3 +86,26 @@ def test_agent_loop_with_tiny_pipeline(scripted_pipeline):
     assert all(0 <= v <= 32 for d in artifact.detections for v in d.box)  # pixels of the 32x32 input
     assert {"preprocess", "generate", "detector", "total"} <= set(artifact.timings_ms)
     assert tool_msgs[0].content.startswith("answer: the red circles (") and "detections (red circles:" in tool_msgs[0].content
+
+
+def test_regions_with_a_scribble_reach_the_request():
+    seen = []
+
+    class Recording(FakePipeline):
+        def __call__(self, request):
+            seen.append(request)
+            return super().__call__(request)
+
+    tool = SuperLinkTool(backend=Recording())
+    tool.add_image("a", png())
+    tool.add_image("b", png())
+    msg = tool.invoke(tool_call({"instruction": "detect <region> and <region>", "image_ids": ["a", "b"], "regions": [
+        {"image_id": "b", "scribble": [[[2, 2], [20, 9]]], "width": 3}, {"point": [4, 4]}]}))
+    assert isinstance(msg.artifact, Response)
+    (req,) = seen
+    assert req.regions[0].image == 1 and req.regions[0].scribble.lines == [[(2.0, 2.0), (20.0, 9.0)]]
+    assert req.regions[1].image == 0 and req.regions[1].point == (4.0, 4.0)
+    bad = tool.invoke(tool_call({"instruction": "<region>", "image_ids": ["a"], "regions": [{"scribble": [[]]}]}))
+    assert "polyline 0 is empty" in bad.content
+    wrong = tool.invoke(tool_call({"instruction": "<region>", "image_ids": ["a"], "regions": [{"image_id": "z", "point": [1, 1]}]}))
+    assert "not among image_ids" in wrong.content

@@ -77,3 +77,28 @@ def test_export_is_deterministic(exported, tmp_path):
     again = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert first == again
     assert Path(tmp_path / "images").is_dir()
+
+
+def test_scribble_regions_export_as_json():
+    import json
+
+    import numpy as np
+
+    from shapesworld.export import _region_json
+    from shapesworld.tasks import make_sample
+
+    region = make_sample("scribble", np.random.default_rng(0)).regions[0]
+    out = json.loads(json.dumps(_region_json(region)))
+    assert out["width"] == region["width"] and out["scribble"] == [[list(p) for p in line] for line in region["scribble"]]
+
+
+def test_heldout_wording_export(tmp_path):
+    summary = export_split(split="val", n=4, seed=0, out=tmp_path / "h", image_size=64, location_bins=32,
+                           wording="heldout")
+    template = export_split(split="val", n=4, seed=0, out=tmp_path / "t", image_size=64, location_bins=32)
+    held = [json.loads(line) for line in open(summary["samples_jsonl"])]
+    plain = [json.loads(line) for line in open(template["samples_jsonl"])]
+    assert all(r["heldout_wording"] for r in held) and not any("heldout_wording" in r for r in plain)
+    assert [r["conversations"][1] for r in held] == [r["conversations"][1] for r in plain]
+    with pytest.raises(ValueError, match="wording"):
+        export_split(split="val", n=1, seed=0, out=tmp_path / "x", wording="pirate")

@@ -7,7 +7,7 @@ from mllm.codec import LocationCodec
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, phrase_before, route_names_in
 from shapesworld.constants import NUM_KEYPOINTS
 from shapesworld.oracle import read_objects
-from shapesworld.tasks import TASKS, ShapesWorldDataset, corpus, make_sample, phrasings
+from shapesworld.tasks import TASKS, ShapesWorldDataset, article, corpus, make_sample, phrasings
 
 ROUTE_RE = re.compile(r"\[(DET|SEG|GRD|POSE|GEN|EDIT)\]")
 EXPECTED_ROUTES = {"grounding": {"GRD"}, "detection": {"DET"}, "segmentation": {"SEG"}, "keypoints": {"POSE"},
@@ -74,12 +74,17 @@ def test_native_detection_decodes_to_ground_truth_boxes():
 
 
 def test_polygon_has_requested_points():
+    from mllm.localize import localize_request
+
     codec = LocationCodec(1000)
-    for i in range(6):
+    counts = set()
+    for i in range(40):
         s = make_sample("polygon", np.random.default_rng(i))
-        n = int(re.search(r"(\d+)", s.instruction.split("\n", 1)[1]).group(1))
+        n = localize_request(s.instruction).points  # read from the instruction as the pipeline reads it
+        counts.add(n)
         for _, run, _ in codec.find_groups(s.answer):
-            assert len(codec.decode_points(run, (128, 128))) == 2 * n
+            assert len(codec.decode_points(run, (128, 128))) == 2 * n, s.instruction
+    assert len(counts) >= 10  # the corpus holds many point counts, not a handful
 
 
 def test_generation_and_editing_targets_read_back_by_oracle():
@@ -177,6 +182,7 @@ from router.pipeline import _corpus_tokenizer
 from shapesworld.tasks import corpus
 cfg = load_config("tiny")
 print(hashlib.md5("\\n".join(corpus(300, image_size=64, location_bins=64)).encode()).hexdigest())
+print(hashlib.md5("\\n".join(corpus(40, image_size=64, location_bins=64, wording="heldout")).encode()).hexdigest())
 print(hashlib.md5(_corpus_tokenizer(cfg.model.model_dump_json()).backend_tokenizer.to_str().encode()).hexdigest())
 """
 
@@ -194,3 +200,15 @@ def test_samples_and_tokenizer_do_not_depend_on_the_process():
         out = subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True, text=True, check=True)
         digests.append(out.stdout.split())
     assert digests[0] == digests[1] == digests[2]
+
+
+def test_scribble_prompts_lie_on_the_object_they_ask_about():
+    from mllm.scribble import rasterize_scribble
+
+    for i in range(8):
+        s = make_sample("scribble", np.random.default_rng(i))
+        (region,) = s.regions
+        drawn = rasterize_scribble(region["scribble"], region["width"], (128, 128))
+        on = [o for o in s.scene.objects if (o.mask & drawn).sum() >= 0.8 * drawn.sum()]
+        assert on, s.instruction
+        assert s.answer in {on[0].color, on[0].kind, f"{article(on[0].color)} {on[0].color} {on[0].kind}"}

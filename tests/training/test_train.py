@@ -154,7 +154,7 @@ def test_periodic_evaluation_scores_with_evaluation_metrics(tiny_config):
     system, processor = build_system(cfg)
     system.train()
     scores = evaluate(system, processor, cfg, torch.device("cpu"))
-    assert set(scores) == {"grd_acc50", "vqa_acc", "routing_acc"}
+    assert set(scores) == {"grd_acc50", "vqa_acc", "routing_acc", "routing_acc_heldout_wording"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert system.training  # restored after evaluation
 
