@@ -343,12 +343,54 @@ def _check_coords(xy: Sequence[float], n: int, size: tuple[int, int], what: str)
     return vals
 
 
+def rle_run_lengths(counts: str | bytes) -> list[int]:
+    """The run lengths of a COCO compressed RLE string (pycocotools' rleFrString format: each count in
+    5-bit groups as chars '0'+v, bit 0x20 = more groups follow, 0x10 of the last group = negative;
+    counts after the second are stored as differences from the one two places back)."""
+    text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+    runs: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                raise ProcessorError("region mask RLE counts end in the middle of a number")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ProcessorError(f"region mask RLE counts hold {text[p]!r}, outside the RLE alphabet '0'..'o'")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def _check_rle_counts(counts: str | bytes, size: list[Any]) -> None:
+    """The runs must be non-negative and cover exactly h * w pixels (else pycocotools leaves memory unset)."""
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ProcessorError(f"region mask RLE size {size} must be [h, w] with positive integers")
+    runs = rle_run_lengths(counts)
+    if any(r < 0 for r in runs):
+        raise ProcessorError("region mask RLE has a negative run length")
+    if sum(runs) != size[0] * size[1]:
+        raise ProcessorError(
+            f"region mask RLE runs cover {sum(runs)} pixels but the mask is {size[0]}x{size[1]} = {size[0] * size[1]}; "
+            "the counts must cover every pixel exactly once"
+        )
+
+
 def _mask_array(mask: Any, size: tuple[int, int]) -> torch.Tensor:
     """An (H, W) array/tensor or a COCO RLE dict {"size": [h, w], "counts": ...} -> (H, W) bool tensor."""
     if isinstance(mask, dict):
         from pycocotools import mask as mask_utils  # only region prompts sent as RLE need it
 
         counts = mask.get("counts")
+        if isinstance(counts, str | bytes):
+            _check_rle_counts(counts, list(mask.get("size", ())))
         rle = {
             "size": list(mask.get("size", ())),
             "counts": counts.encode() if isinstance(counts, str) else counts,

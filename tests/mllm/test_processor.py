@@ -343,3 +343,12 @@ def test_tokenizer_without_superlink_tokens_is_refused(proc: SuperLinkProcessor,
     bigger = tiny_config.model.model_copy(update={"routes": {**tiny_config.model.routes, "DEPTH": 4}})
     with pytest.raises(ProcessorError, match=r"tokenizer lacks SuperLink tokens: \[DEPTH\], \[DEPTH_Q\]"):
         SuperLinkProcessor(proc.tokenizer, bigger)
+
+
+@pytest.mark.parametrize("counts", ["02", "0:", "9340004", "9340004N2"])
+def test_rle_counts_must_cover_the_mask_exactly(proc: SuperLinkProcessor, counts: str) -> None:
+    """Runs covering fewer or more pixels than h*w would leave uninitialised memory in the mask (or overrun it)."""
+    with pytest.raises(ProcessorError, match="RLE"):
+        proc.region_mask({"mask": {"size": [7, 5], "counts": counts}}, (5, 7))
+    ok = proc.region_mask({"mask": {"size": [7, 5], "counts": "9340004N"}}, (5, 7))  # 35 pixels exactly
+    assert ok.shape == (proc.image_size,) * 2 and ok.sum() > 0
