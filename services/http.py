@@ -138,10 +138,13 @@ def _check_auth(http_request: HTTPRequest, token: str | None) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def create_app(engine: Any, http: HTTPConfig | None = None, metrics: NullMetrics | None = None) -> FastAPI:
+def create_app(
+    engine: Any, http: HTTPConfig | None = None, metrics: NullMetrics | None = None, behind_ray_proxy: bool = False
+) -> FastAPI:
     """The FastAPI app over a Backend, or over an in-process Pipeline (wrapped in LocalBackend).
 
     metrics: where request/decoder metrics go; default a fresh prometheus_client registry served on /metrics.
+    behind_ray_proxy: Ray Serve's proxy assigns the request id and echoes it (see RequestContextMiddleware).
     """
     http = http or HTTPConfig()
     metrics = metrics if metrics is not None else PrometheusMetrics()
@@ -149,7 +152,7 @@ def create_app(engine: Any, http: HTTPConfig | None = None, metrics: NullMetrics
     logic = IngressLogic(backend, http, metrics)
     token = http.resolved_token()
     app = FastAPI(title="SuperLink", version="0.1.0", description="One multimodal LLM routing link states to task decoders.")
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, behind_ray_proxy=behind_ray_proxy)
     app.add_middleware(HeaderLimitMiddleware, max_bytes=http.max_header_bytes)  # outermost: refuses first
 
     @app.exception_handler(ServiceError)

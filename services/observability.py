@@ -186,16 +186,19 @@ class RayMetrics(NullMetrics):
 class RequestContextMiddleware:
     """Request id in, request id out (header), access log line and per-route metrics for every HTTP request."""
 
-    def __init__(self, app: ASGIApp, metrics: NullMetrics):
+    def __init__(self, app: ASGIApp, metrics: NullMetrics, behind_ray_proxy: bool = False):
         self.app = app
         self.metrics = metrics
+        # Ray Serve's proxy has already picked the id (the client's X-Request-ID or its own), put it in
+        # the request headers, and adds it to the response itself: use it verbatim, echo nothing.
+        self.behind_ray_proxy = behind_ray_proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
-        rid = new_request_id(given)
+        rid = given if self.behind_ray_proxy and given else new_request_id(given)
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         status, started = 500, False
@@ -205,8 +208,8 @@ class RequestContextMiddleware:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                headers = MutableHeaders(scope=message)
-                headers[REQUEST_ID_HEADER] = rid
+                if not self.behind_ray_proxy:
+                    MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
             await send(message)
 
         self.metrics.add("superlink_requests_in_flight", 1)
