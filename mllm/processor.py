@@ -1,8 +1,16 @@
 """The processor: images -> pixel values, instructions (+ answers) -> token ids and labels, region prompts -> masks.
 
-Chat template (Vicuna v1, as LLaVA-1.5 and VisionLLM v2 use):
+Chat template (Vicuna v1, as LLaVA-1.5 and VisionLLM v2 use), a Jinja `chat_template` on the
+tokenizer (CHAT_TEMPLATE, set at load time when a saved tokenizer has none) rendered by
+`apply_chat_template`; BOS is prepended as an id:
 
     <s>USER: <image>\\n{instruction} ASSISTANT: {answer}</s>
+
+Prompt safety: an instruction may not forge a turn or a special token. It is refused
+(ProcessorError) when it holds a role marker (`USER:` / `ASSISTANT:`, any case, after Unicode
+NFKC folding and with invisible characters removed) or any text the tokenizer would read as an
+added token other than `<image>` / `<region>` (`<loc_i>`, `<cls_i>`, `</s>`, `<s>`, `<pad>`,
+routing tokens, placeholders).
 
 `<image>` becomes `vision.num_patches` image tokens (the model masked_scatters one projected
 patch feature into each). `<region>` stays one token per region prompt (the region encoder
@@ -13,6 +21,8 @@ every row from its last real token.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +41,16 @@ from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary
 
 IGNORE_INDEX = -100  # label of positions the LM loss skips (torch cross_entropy's default ignore_index)
 USER, ASSISTANT = "USER:", "ASSISTANT:"
+# The Vicuna turns as a Jinja chat template; renders exactly the string format the shipped model was trained on.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}USER: {{ m['content'] }} "
+    "{% elif m['role'] == 'assistant' %}ASSISTANT: {{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('roles are user and assistant, got ' + m['role']) }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+_ROLE_MARKER = re.compile(r"\b(user|assistant)\s*:", re.IGNORECASE)
 _REGION_KEYS = ("box", "point", "mask")
 
 
@@ -55,6 +75,8 @@ class SuperLinkProcessor:
         self.image_size = config.vision.image_size
         self.num_image_tokens = config.vision.num_patches
         self._check_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):  # saved before templates were stored: same format
+            tokenizer.chat_template = CHAT_TEMPLATE
         ids = tokenizer.convert_tokens_to_ids
         self.image_token_id: int = ids(IMAGE_TOKEN)
         self.region_token_id: int = ids(REGION_TOKEN)
@@ -64,6 +86,10 @@ class SuperLinkProcessor:
         self.route_token_ids: dict[str, int] = {r.name: ids(r.token) for r in self.vocab.routes}
         self.placeholder_token_ids: dict[str, int] = {r.name: ids(r.placeholder) for r in self.vocab.routes}
         self._queries_by_route_id = {self.route_token_ids[r.name]: r for r in self.vocab.routes}
+        # every added token a user may not type: all but the <image>/<region> placeholders
+        self._reserved_ids = sorted(
+            set(tokenizer.added_tokens_decoder) - {self.image_token_id, self.region_token_id}
+        )
 
     def _check_tokenizer(self) -> None:
         known = self.tokenizer.get_vocab()
@@ -104,8 +130,10 @@ class SuperLinkProcessor:
                 f"instruction has {n} {IMAGE_TOKEN} placeholder(s) but {num_images} image(s) were given; "
                 f"use one {IMAGE_TOKEN} per image, or none to put all images first"
             )
-        prompt = f"{USER} {instruction} {ASSISTANT}"
-        return prompt if answer is None else f"{prompt} {answer}{self.tokenizer.eos_token}"
+        messages = [{"role": "user", "content": instruction}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
 
     def encode_row(self, instruction: str, num_images: int, answer: str | None = None) -> EncodedRow:
         """Token ids for one row: <image> expanded, routing tokens followed by placeholders; labels when answered."""
@@ -120,10 +148,27 @@ class SuperLinkProcessor:
         ans_ids, ans_labels = self._encode_answer(answer)
         return EncodedRow(prompt + ans_ids, [IGNORE_INDEX] * len(prompt) + ans_labels, len(prompt))
 
+    def check_instruction(self, instruction: str) -> None:
+        """Refuse (ProcessorError) user text that would forge a chat turn or a special token."""
+        folded = "".join(ch for ch in unicodedata.normalize("NFKC", instruction) if unicodedata.category(ch) != "Cf")
+        m = _ROLE_MARKER.search(folded)
+        if m:
+            raise ProcessorError(
+                f"instruction contains the role marker {m.group(0)!r}; the chat turns ({USER} ... {ASSISTANT}) are "
+                "added by the processor, so an instruction may not contain 'USER:' or 'ASSISTANT:' in any case; "
+                "reword it (e.g. drop the colon)"
+            )
+        for text in {instruction, folded}:
+            found = sorted(set(self._tokenize(text)) & set(self._reserved_ids))
+            if found:
+                names = ", ".join(self.tokenizer.convert_ids_to_tokens(found))
+                raise ProcessorError(
+                    f"instruction contains {names}; special tokens are reserved for the model (only {IMAGE_TOKEN} "
+                    f"and {REGION_TOKEN} placeholders may appear in an instruction)"
+                )
+
     def _encode_prompt(self, instruction: str, num_images: int) -> list[int]:
-        self._refuse_tokens(
-            instruction, "instruction", [*self.route_token_ids.values(), *self.placeholder_token_ids.values()]
-        )
+        self.check_instruction(instruction)
         ids = self._tokenize(self.build_prompt(instruction, num_images=num_images))
         return ([self.bos_token_id] if self.bos_token_id is not None else []) + ids
 
