@@ -118,6 +118,14 @@ class NullMetrics:
     def add(self, name: str, value: float, **labels: str) -> None: ...
 
 
+def _safely(fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Record a metric; a metrics failure is logged, never raised into the request it measures."""
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001
+        log.warning("metric not recorded", exc_info=True)
+
+
 class PrometheusMetrics(NullMetrics):
     """The metrics in their own prometheus_client registry (one per app, so apps never collide)."""
 
@@ -135,16 +143,16 @@ class PrometheusMetrics(NullMetrics):
         return metric.labels(**labels) if labels else metric
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        self._child(name, labels).inc(value)
+        _safely(lambda: self._child(name, labels).inc(value))
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        self._child(name, labels).observe(value)
+        _safely(lambda: self._child(name, labels).observe(value))
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self._child(name, labels).set(value)
+        _safely(lambda: self._child(name, labels).set(value))
 
     def add(self, name: str, value: float, **labels: str) -> None:
-        self._child(name, labels).inc(value)
+        _safely(lambda: self._child(name, labels).inc(value))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -168,14 +176,15 @@ class RayMetrics(NullMetrics):
                 self._m[name] = serve_metrics.Histogram(name, description=doc, boundaries=bounds, tag_keys=labels)
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        self._m[name].inc(value, tags=labels or None)
+        if value > 0:  # Ray's Counter refuses 0
+            _safely(self._m[name].inc, value, tags=labels or None)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        self._m[name].observe(value, tags=labels or None)
+        _safely(self._m[name].observe, value, tags=labels or None)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         self._gauges[(name, *sorted(labels.items()))] = value
-        self._m[name].set(value, tags=labels or None)
+        _safely(self._m[name].set, value, tags=labels or None)
 
     def add(self, name: str, value: float, **labels: str) -> None:
         key = (name, *sorted(labels.items()))

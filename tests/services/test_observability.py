@@ -131,3 +131,24 @@ def test_logging_setup_is_idempotent():
         assert h1 not in log.handlers and h2 in log.handlers and log.level == logging.INFO
     finally:
         log.removeHandler(h2)
+
+
+def test_a_metrics_failure_never_fails_the_request():
+    from services.observability import PrometheusMetrics
+
+    broken = PrometheusMetrics()
+    broken._m = {}  # every record raises KeyError inside
+    r = TestClient(create_app(FakePipeline(), metrics=broken)).post("/v1/tasks", json={"instruction": "please reject this"})
+    assert r.status_code == 422  # not a 500/503 from the metrics
+
+
+def test_ray_metrics_skip_zero_counts():
+    from services.observability import RayMetrics
+
+    m = RayMetrics()
+    m.inc("superlink_generated_tokens_total", 0.0)  # Ray's Counter raises on 0; a batch of rejected requests makes 0
+    m.inc("superlink_generated_tokens_total", 3.0)
+    m.observe("superlink_batch_size", 2, stage="mllm")
+    m.add("superlink_queue_depth", 1, stage="mllm")
+    m.add("superlink_queue_depth", -1, stage="mllm")
+    assert m._gauges[("superlink_queue_depth", ("stage", "mllm"))] == 0
