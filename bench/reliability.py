@@ -48,6 +48,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.serving import free_port, load  # noqa: E402
+from services.app import DEFAULT_SERVE_YAML, load_serve_file  # noqa: E402
 from services.http import BackgroundServer, create_app  # noqa: E402
 from services.testing import ScriptedPipeline  # noqa: E402
 
@@ -463,17 +464,20 @@ def run_kill(url: str, n: int, concurrency: int, max_wait_s: float) -> dict[str,
 
 # ---- the cluster -------------------------------------------------------------------------------------
 def serve_config(model_dir: Path) -> dict[str, Any]:
-    replica = {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64, "health_check_period_s": 1.0}
+    """configs/serve.yaml's batching and queue limits, over the tiny model with one replica per deployment."""
+    shipped = load_serve_file(DEFAULT_SERVE_YAML).config
+
+    def replica(d: Any) -> dict[str, Any]:
+        out = {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": d.max_ongoing_requests, "health_check_period_s": 1.0}
+        return {**out, "batching": d.batching.model_dump()} if hasattr(d, "batching") else out
+
     return {
         "model": str(model_dir),
         "engine_factory": "services.testing:scripted_engine",
         "routes": ["DET", "SEG", "GRD", "GEN"],
-        "ingress": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 256},
-        "mllm": {**replica, "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}},
-        "decoders": {
-            "detector": {**replica, "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.02}},
-            "generator": {**replica, "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02}},
-        },
+        "ingress": {**replica(shipped.ingress), "ray_actor_options": {"num_cpus": 0.1}},
+        "mllm": replica(shipped.mllm),
+        "decoders": {name: replica(shipped.decoders[name]) for name in ("detector", "generator")},
         "http": {"max_body_bytes": MAX_BODY, "max_image_pixels": MAX_PIXELS, "request_timeout_s": 30, "auth_token": TOKEN},
     }
 
