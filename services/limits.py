@@ -13,6 +13,7 @@ One kind of fault, one status: unparseable body 400, schema violation 422, body 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -48,8 +49,14 @@ def parse_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     def no_constant(name: str) -> Any:
         raise BodyError(f"{name} is not valid JSON; send finite numbers")
 
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise BodyError(f"number {text[:20]}... overflows a 64-bit float; send finite numbers")
+        return value
+
     try:
-        data = json.loads(body, parse_constant=no_constant)
+        data = json.loads(body, parse_constant=no_constant, parse_float=finite)
     except BodyError:
         raise
     except RecursionError:
