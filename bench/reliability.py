@@ -318,8 +318,21 @@ def comparable(resp: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resp.items() if k not in ("timings_ms", "request_id")}
 
 
+def mask_iou(a: dict[str, Any], b: dict[str, Any]) -> float:
+    from pycocotools import mask as mask_utils
+
+    ma, mb = (mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}).astype(bool) for m in (a, b))
+    union = (ma | mb).sum()
+    return float((ma & mb).sum() / union) if union else 1.0
+
+
 def same(a: Any, b: Any, path: str = "") -> str | None:
-    """None when equal (floats within 1e-2, PNG pixels within 2 levels), else where they differ."""
+    """None when the answers agree, else where they differ.
+
+    Agree = same text, routes and keys; floats within 1e-2; generated pixels within 2 levels; masks with
+    IoU >= 0.95; located items (those with a box) matched as a set, since batched float arithmetic may swap
+    the order of near-tied scores (random weights score every query about the same).
+    """
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return f"{path}: keys {sorted(set(a) ^ set(b))}"
@@ -329,16 +342,34 @@ def same(a: Any, b: Any, path: str = "") -> str | None:
                 if pa.shape != pb.shape or np.abs(pa - pb).max() > 2:
                     return f"{path}.{k}: pixels differ"
                 continue
+            if k == "mask" and a[k] and b[k]:
+                if a[k]["size"] != b[k]["size"] or mask_iou(a[k], b[k]) < 0.95:
+                    return f"{path}.mask: IoU {mask_iou(a[k], b[k]):.3f}"
+                continue
             if (d := same(a[k], b[k], f"{path}.{k}")) is not None:
                 return d
         return None
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return f"{path}: {len(a)} vs {len(b)} items"
+        if a and all(isinstance(x, dict) and "box" in x for x in a + b):
+            return same_as_sets(a, b, path)
         return next((d for i, (x, y) in enumerate(zip(a, b, strict=True)) if (d := same(x, y, f"{path}[{i}]"))), None)
     if isinstance(a, float) or isinstance(b, float):
         return None if abs(float(a) - float(b)) <= 1e-2 else f"{path}: {a} vs {b}"
     return None if a == b else f"{path}: {a!r} vs {b!r}"
+
+
+def same_as_sets(a: list[dict[str, Any]], b: list[dict[str, Any]], path: str) -> str | None:
+    """Every item of `a` agrees with a distinct item of `b` (greedy, nearest box first)."""
+    left = list(b)
+    for i, x in enumerate(a):
+        order = sorted(range(len(left)), key=lambda j: max(abs(p - q) for p, q in zip(x["box"], left[j]["box"], strict=True)))
+        j = next((j for j in order if same(x, left[j]) is None), None)
+        if j is None:
+            return f"{path}[{i}]: no agreeing item (label {x.get('label')!r}, box {[round(v, 1) for v in x['box']]})"
+        left.pop(j)
+    return None
 
 
 def reference_answers(model_dir: Path, bodies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
