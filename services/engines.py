@@ -175,6 +175,17 @@ class MLLMEngine:
         return self.pipeline.assemble(planned.prepared, planned.generations, results, timings)
 
 
+def _distinct_requests(call_lists: list[list[Any]]) -> list[Any]:
+    """Every caller's calls in one list, renumbered so that no two callers share a request index.
+
+    Each caller numbered its requests within its own MLLM batch, so two callers' calls can both say
+    request 0; the decoder groups calls by request (one image per request), and would otherwise run
+    one caller's phrases on the other's image.
+    """
+    ids: dict[tuple[int, int], int] = {}
+    return [replace(c, request=ids.setdefault((k, c.request), len(ids))) for k, calls in enumerate(call_lists) for c in calls]
+
+
 class DecoderEngine:
     """One decoder. `run_batch` is the batched part: many callers, one decoder call (one at a time)."""
 
@@ -193,7 +204,7 @@ class DecoderEngine:
         Setting `cancel` (every caller gave up) skips the run, or stops it at its next module
         forward (Cancelled), so an abandoned call never holds the decoder from later callers.
         """
-        flat = [c for calls in call_lists for c in calls]
+        flat = _distinct_requests(call_lists)
         stage = f"decoder:{self.name}"
         self.metrics.add("superlink_queue_depth", len(call_lists), stage=stage)
         try:
@@ -206,8 +217,8 @@ class DecoderEngine:
             raise RuntimeError(f"decoder {self.name} returned {len(results)} results for {len(flat)} calls")
         self._record(len(call_lists), len(flat))
         out, start = [], 0
-        for calls in call_lists:
-            out.append(results[start : start + len(calls)])
+        for calls in call_lists:  # results are aligned with the calls; give each back its caller's request index
+            out.append([replace(r, request=c.request) for c, r in zip(calls, results[start : start + len(calls)], strict=True)])
             start += len(calls)
         return out
 
