@@ -523,6 +523,9 @@ def main() -> None:
     t_start = time.monotonic()
     deadline = t_start + args.max_seconds
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray's memory monitor kills actors (the Serve controller first) when the HOST passes 95% memory; on a
+    # shared machine that is other people's memory, so leave out-of-memory to the kernel.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     import ray
     from ray import serve
 
