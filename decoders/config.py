@@ -27,6 +27,12 @@ class DetectorConfig(StrictModel):
     num_heads: int = Field(2, ge=1, description="attention heads in the encoder and decoder")
     ffn_dim: int = Field(64, ge=8)
     num_points: int = Field(2, ge=1, description="deformable-attention sampling points per head and level")
+    # Training aids (issue: link-conditioned detection learned slowly). Both default off so older checkpoints
+    # load unchanged. encoder_loss: DINO's encoder-side set loss on the two-stage proposals, which otherwise get no
+    # gradient, so the top-k queries would be picked by an untrained scorer. logit_calibration: a learned
+    # temperature and bias on the contrastive logits (q.t / sqrt(d) * exp(s) + b, b starting at a 1% prior).
+    encoder_loss: bool = False
+    logit_calibration: bool = False
     # Prediction defaults; a batch may override them.
     score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     top_k: int = Field(100, ge=1, description="most detections kept per image before thresholding")
@@ -85,6 +91,11 @@ class DiffusionConfig(StrictModel):
         "with v_prediction); fixes the brightness and colour shifts of flat images trained from scratch",
     )
     cond_drop: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance drop rate in training")
+    align_weight: float = Field(
+        0.0, ge=0.0,
+        description="weight of the MSE between mapped link states and the frozen text encoder's embedding of the "
+        "target's description (VisionLLM v2: 0.1); 0 = off",
+    )
     train_unet: bool = Field(True, description="VisionLLM v2 freezes the SD UNet; tiny presets must train it")
     max_image_pixels: int = Field(4096 * 4096, ge=64)
 

@@ -15,6 +15,7 @@ level, at `mask_size`, upsampled to the image for predictions.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,7 @@ from decoders.matching import (
 Task = Literal["det", "seg", "grd"]
 TASKS: tuple[str, ...] = ("det", "seg", "grd")
 DETECTOR_CONFIG_FILE = "detector.json"
+PRIOR_PROB = 0.01  # initial match probability of a (query, phrase) pair under logit_calibration (RetinaNet/DINO)
 
 
 # ----------------------------------------------------------------------------- model
@@ -56,6 +58,9 @@ class LinkDinoOutput:
     hidden: torch.Tensor  # (B, N, D) last decoder layer's object queries (layer-normed)
     text: torch.Tensor  # (B, P, D) phrase features after encoder fusion
     mask_logits: torch.Tensor | None = None  # (B, N, M, M) when a mask size was asked for
+    # Two-stage proposals behind the decoder's initial queries, when asked for (encoder-side loss):
+    enc_logits: torch.Tensor | None = None  # (B, N, P) contrastive logits of the top-k proposals
+    enc_boxes: torch.Tensor | None = None  # (B, N, 4) their normalised cxcywh boxes (not detached)
 
 
 @dataclass
@@ -103,15 +108,19 @@ class LinkGroundingDino(GroundingDinoForObjectDetection):
         text_features: torch.Tensor,
         text_mask: torch.Tensor,
         mask_size: int | None = None,
+        proposals: bool = False,
     ) -> LinkDinoOutput:
-        """pixel_values (B, 3, S, S), text_features (B, P, D) one vector per phrase, text_mask (B, P) True = real."""
+        """pixel_values (B, 3, S, S), text_features (B, P, D) one vector per phrase, text_mask (B, P) True = real.
+
+        proposals=True also returns the two-stage top-k proposals' logits and boxes, for the encoder-side loss.
+        """
         if text_features.shape[1] > self.config.max_text_len:
             raise DecoderInputError(
                 f"{text_features.shape[1]} phrases exceed the detector's max_text_len {self.config.max_text_len}"
             )
         levels = self._image_levels(pixel_values)
         vision, text = self._encode(levels, text_features, text_mask)
-        target, reference = self._initial_queries(vision, text, levels, text_mask)
+        target, reference, enc = self._initial_queries(vision, text, levels, text_mask)
         dec = self.model.decoder(
             inputs_embeds=target,
             vision_encoder_hidden_states=vision,
@@ -130,7 +139,9 @@ class LinkGroundingDino(GroundingDinoForObjectDetection):
         )
         hidden = dec.intermediate_hidden_states[:, -1]  # (B, N, D)
         masks = self._mask_logits(hidden, vision, levels, mask_size) if mask_size else None
-        return LinkDinoOutput(logits=logits, boxes=boxes, hidden=hidden, text=text, mask_logits=masks)
+        enc_logits, enc_boxes = enc if proposals and enc is not None else (None, None)
+        return LinkDinoOutput(logits=logits, boxes=boxes, hidden=hidden, text=text, mask_logits=masks,
+                              enc_logits=enc_logits, enc_boxes=enc_boxes)
 
     def _image_levels(self, pixel_values: torch.Tensor) -> _Levels:
         """Swin features projected to d_model, extra strided levels, flattened (as GroundingDinoModel.forward)."""
@@ -189,8 +200,11 @@ class LinkGroundingDino(GroundingDinoForObjectDetection):
 
     def _initial_queries(
         self, vision: torch.Tensor, text: torch.Tensor, levels: _Levels, text_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder input queries (B, N, D) and reference boxes (B, N, 4): two-stage top-k proposals or learned."""
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Decoder input queries (B, N, D), reference boxes (B, N, 4): two-stage top-k proposals or learned.
+
+        Third: the top-k proposals' logits (B, N, P) and boxes (B, N, 4) with their gradient (two-stage only).
+        """
         m, cfg = self.model, self.config
         b = vision.shape[0]
         query_embeds = (
@@ -198,18 +212,21 @@ class LinkGroundingDino(GroundingDinoForObjectDetection):
         )
         if not cfg.two_stage:
             reference = m.reference_points.weight.unsqueeze(0).repeat(b, 1, 1).sigmoid()
-            return query_embeds.unsqueeze(0).repeat(b, 1, 1), reference
+            return query_embeds.unsqueeze(0).repeat(b, 1, 1), reference, None
         object_query, proposals = m.generate_encoder_output_proposals(
             vision, ~levels.mask, levels.shapes_list
         )
         enc_class = m.encoder_output_class_embed(object_query, text, text_mask)  # (B, S, max_text_len)
         coord_logits = m.encoder_output_bbox_embed(object_query) + proposals  # (B, S, 4)
         topk = torch.topk(enc_class.max(-1)[0], cfg.num_queries, dim=1)[1]  # (B, N)
-        reference = torch.gather(coord_logits, 1, topk.unsqueeze(-1).repeat(1, 1, 4)).detach().sigmoid()
+        topk_coords = torch.gather(coord_logits, 1, topk.unsqueeze(-1).repeat(1, 1, 4))  # (B, N, 4)
+        topk_logits = torch.gather(enc_class, 1, topk.unsqueeze(-1).repeat(1, 1, enc_class.shape[-1]))
+        enc = (topk_logits[..., : text.shape[1]], topk_coords.sigmoid())
+        reference = topk_coords.detach().sigmoid()
         if query_embeds is not None:
-            return query_embeds.unsqueeze(0).repeat(b, 1, 1), reference
+            return query_embeds.unsqueeze(0).repeat(b, 1, 1), reference, enc
         target = torch.gather(object_query, 1, topk.unsqueeze(-1).repeat(1, 1, cfg.d_model)).detach()
-        return target, reference
+        return target, reference, enc
 
     def _heads(
         self,
@@ -442,10 +459,21 @@ class DetectionDecoder(nn.Module):
                 f"detector max_text_len {self.model.config.max_text_len} < max_phrases {config.max_phrases}"
             )
         self.weights = LossWeights()
+        if config.logit_calibration:
+            self.logit_scale = nn.Parameter(torch.zeros(()))  # log temperature
+            self.logit_bias = nn.Parameter(torch.tensor(-math.log((1 - PRIOR_PROB) / PRIOR_PROB)))
 
     @property
     def link_dim(self) -> int:
         return self.model.config.d_model
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Raw contrastive dot products -> q.t / sqrt(d) * exp(s) + b (identity without logit_calibration)."""
+        if not self.config.logit_calibration:
+            return logits
+        real = torch.isfinite(logits)  # padded phrases hold -inf; keep them out of the product (0 * inf = nan)
+        scaled = logits.masked_fill(~real, 0.0) * (self.logit_scale.exp() / math.sqrt(self.link_dim)) + self.logit_bias
+        return scaled.masked_fill(~real, float("-inf"))
 
     def run(self, batch: DetectionBatch, with_masks: bool) -> LinkDinoOutput:
         """Validate and run the detector; phrase vectors are the mean of each phrase's link queries."""
@@ -453,7 +481,12 @@ class DetectionDecoder(nn.Module):
         dtype = self.model.dtype  # link states may arrive in the LLM's dtype
         text = batch.phrase_states.to(dtype).mean(dim=2)  # (B, P, Q, C) -> (B, P, C)
         mask_size = self.config.mask_size if with_masks else None
-        return self.model(batch.pixel_values.to(dtype), text, batch.phrase_mask, mask_size=mask_size)
+        proposals = self.training and self.config.encoder_loss
+        out = self.model(batch.pixel_values.to(dtype), text, batch.phrase_mask, mask_size=mask_size, proposals=proposals)
+        out.logits = self.calibrate(out.logits)
+        if out.enc_logits is not None:
+            out.enc_logits = self.calibrate(out.enc_logits)
+        return out
 
     def forward(self, batch: DetectionBatch, targets: list[DetectionTarget] | None = None) -> DecoderOutput:
         validate_batch(batch, self.config, self.link_dim)
@@ -473,9 +506,17 @@ class DetectionDecoder(nn.Module):
     def set_loss(
         self, out: LinkDinoOutput, phrase_mask: torch.Tensor, targets: list[ImageTarget]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
-        """Matched loss on every decoder layer (auxiliary losses); masks on the last. Returns last-layer indices."""
+        """Matched loss on every decoder layer (auxiliary losses); masks on the last. Returns last-layer indices.
+
+        With the two-stage proposals in `out` (encoder_loss), their own matched class + box loss is added.
+        """
         w, nb = self.weights, num_boxes_of(targets)
         total, losses, indices = 0.0, {}, []
+        if out.enc_logits is not None:
+            enc_indices = [match(out.enc_logits[b], out.enc_boxes[b], t, None, w) for b, t in enumerate(targets)]
+            enc_l1, enc_giou = box_losses(out.enc_boxes, targets, enc_indices, nb)
+            enc_class = class_loss(out.enc_logits, phrase_mask, targets, enc_indices, nb)
+            total = w.class_ * enc_class + w.bbox * enc_l1 + w.giou * enc_giou
         layers = out.logits.shape[0]
         for layer in range(layers):
             last = layer == layers - 1
@@ -496,6 +537,8 @@ class DetectionDecoder(nn.Module):
             total = total + weighted
             if last:
                 losses = {k: v.detach() for k, v in parts.items()}
+                if out.enc_logits is not None:
+                    losses["loss_enc"] = (enc_class + enc_l1 + enc_giou).detach()
         return total, losses, indices
 
     # ------------------------------------------------------------------ predictions

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from decoders.base import DecoderInputError, DecoderOutput, check_link_states
 from decoders.config import DiffusionConfig, EditorConfig
 from decoders.images import ImageInput, prepare_images
 from decoders.mapper import LinkMapper
+from decoders.text_encoder import FrozenTextEncoder
 
 CONFIG_FILE = "superlink_decoder.json"
 MAPPER_FILE = "mapper.safetensors"
@@ -93,6 +94,9 @@ class DiffusionTargets:
     """Training targets: one image per batch item (uint8 (H, W, 3) array or PIL), or a uint8 (B, H, W, 3) array."""
 
     images: Sequence[ImageInput] | np.ndarray
+    # What each target shows, in words ("red circle blue square"), for the frozen text encoder: the teacher
+    # conditioning of a decoder pre-training stage and the link alignment loss (config.align_weight).
+    texts: Sequence[str] | None = None
 
 
 # ---- building blocks -----------------------------------------------------------------------
@@ -187,6 +191,10 @@ class _DiffusionDecoder(nn.Module):
         self.mapper = LinkMapper(
             self.link_dim, config.cross_attention_dim, config.prompt_tokens, config.mapper_heads
         )
+        self.text_encoder = FrozenTextEncoder(config.cross_attention_dim, config.prompt_tokens)  # no weights
+        # "link": the UNet is conditioned on the mapped link states (inference always is). "text": a training
+        # stage conditions it on the frozen text encoder instead (decoder pre-training, VisionLLM v2 style).
+        self.conditioning: Literal["link", "text"] = "link"
         self.unet = (
             unet
             if unet is not None
@@ -321,6 +329,21 @@ class _DiffusionDecoder(nn.Module):
         else:
             target = noise
         return F.mse_loss(pred.float(), target.float())
+
+    def _condition(self, states: torch.Tensor, targets: DiffusionTargets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The UNet's training condition (B, T, D) and the link alignment loss, when the targets carry texts."""
+        mapped = self.mapper(states)  # (B, T, D)
+        if targets.texts is None:
+            if self.conditioning == "text":
+                raise ValueError(f"{self.kind}: text conditioning needs DiffusionTargets.texts")
+            return mapped, {}
+        text = self.text_encoder(targets.texts).to(mapped)
+        extra = {"align_mse": F.mse_loss(mapped.float(), text.float())} if self.config.align_weight > 0 else {}
+        return (text if self.conditioning == "text" else mapped), extra
+
+    def _total(self, noise_mse: torch.Tensor, extra: dict[str, torch.Tensor]) -> DecoderOutput:
+        loss = noise_mse + self.config.align_weight * extra["align_mse"] if extra else noise_mse
+        return DecoderOutput(predictions=[], loss=loss, losses={"noise_mse": noise_mse, **extra})
 
     def _uniform(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
         """(B,) uniform draws for condition dropout; all ones (never drop) in eval mode."""
@@ -515,10 +538,9 @@ class GenerationDecoder(_DiffusionDecoder):
         b = states.shape[0]
         pixels, _ = self._pixels(targets.images, b, "target images")
         x0 = self._encode_target(pixels, generator)  # (B, c, h, w)
-        cond = self.mapper(states)  # (B, T, D)
+        cond, extra = self._condition(states, targets)  # (B, T, D)
         cond = self.mapper.drop_to_null(cond, self._uniform(b, generator) < self.config.cond_drop)
-        loss = self._noise_loss(x0, cond, None, generator)
-        return DecoderOutput(predictions=[], loss=loss, losses={"noise_mse": loss})
+        return self._total(self._noise_loss(x0, cond, None, generator), extra)
 
     @torch.no_grad()
     def generate(self, batch: GenerationBatch) -> DecoderOutput:
@@ -595,10 +617,10 @@ class EditDecoder(_DiffusionDecoder):
         image_cond = self._encode_source(source)  # (B, c, h, w)
         # train_instruct_pix2pix.py: r < 2p drops text, p <= r < 3p drops the image (both for p <= r < 2p)
         r, p = self._uniform(b, generator), self.config.cond_drop
-        cond = self.mapper.drop_to_null(self.mapper(states), r < 2 * p)
+        cond, extra = self._condition(states, targets)
+        cond = self.mapper.drop_to_null(cond, r < 2 * p)
         image_cond = image_cond * ~((r >= p) & (r < 3 * p))[:, None, None, None]
-        loss = self._noise_loss(x0, cond, image_cond, generator)
-        return DecoderOutput(predictions=[], loss=loss, losses={"noise_mse": loss})
+        return self._total(self._noise_loss(x0, cond, image_cond, generator), extra)
 
     @torch.no_grad()
     def generate(self, batch: EditBatch) -> DecoderOutput:

@@ -29,6 +29,10 @@ class StageConfig(StrictModel):
     # Learning rate per parameter group (PARAM_GROUPS); a group left out, or at 0, does not train.
     lr: dict[str, float] = {"queries": 1e-3, "projectors": 1e-3, "decoders": 1e-3, "llm": 1e-4, "region": 1e-3}
     warmup_steps: int = Field(0, ge=0, description="linear warm-up at the start of the stage")
+    # "text": the diffusion decoders ([GEN], [EDIT]) train on the frozen text encoder's embedding of each
+    # target's description instead of the mapped link states (decoder pre-training, as VisionLLM v2's UNet was
+    # trained on CLIP text before its links were aligned to it); "link": the usual end-to-end path.
+    decoder_conditioning: Literal["link", "text"] = "link"
 
     @field_validator("lr")
     @classmethod
@@ -73,6 +77,9 @@ class RuntimeConfig(StrictModel):
 
 class SuperLinkConfig(StrictModel):
     name: str
+    # The projector of the perception routes ([DET] [SEG] [GRD] [POSE]), by name (router.bindings.PROJECTORS):
+    # "relu_mlp" is VisionLLM v2's patch2query; "skip_mlp" adds a linear path that keeps phrases apart.
+    link_projector: Literal["relu_mlp", "skip_mlp"] = "relu_mlp"
     model: MLLMConfig = MLLMConfig()
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()

@@ -13,7 +13,7 @@ the decoder loss flows back through the projector and the LLM into the query tab
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ class LossOutput:
     total: torch.Tensor  # scalar, what backward() runs on
     parts: dict[str, torch.Tensor]  # "lm" and one entry per route present; weighted parts sum to total
     lm_per_task: dict[str, float]  # mean LM loss of each task's rows (detached, for logging)
+    health: dict[str, float] = field(default_factory=dict)  # link health (joint_loss(..., health=True))
 
 
 def collate(processor: Any, samples: Sequence[Any]) -> TrainBatch:
@@ -102,11 +103,31 @@ def decoder_loss(system: SuperLinkSystem, route: str, states: torch.Tensor, rows
     return out.loss
 
 
+def link_health(system: SuperLinkSystem, route: str, states: torch.Tensor, weighted: torch.Tensor) -> dict[str, float]:
+    """How a route's link is doing, so a collapse shows while it happens.
+
+    link/<ROUTE>/cos: mean pairwise cosine of the batch's projected link vectors (queries averaged; near 1 means
+    every phrase reaches the decoder as the same vector). link/<ROUTE>/grad: norm of the weighted decoder loss's
+    gradient on the LLM's link states, i.e. how hard this decoder pulls on the LLM.
+    """
+    out = {}
+    with torch.no_grad():
+        v = F.normalize(system.project(route, states).float().mean(1), dim=-1)  # (N, C)
+        if len(v) > 1:
+            sim = v @ v.T
+            out[f"link/{route}/cos"] = float(sim[~torch.eye(len(v), dtype=torch.bool, device=v.device)].mean())
+    if states.requires_grad:
+        (grad,) = torch.autograd.grad(weighted, states, retain_graph=True, allow_unused=True)
+        out[f"link/{route}/grad"] = 0.0 if grad is None else float(grad.float().norm())
+    return out
+
+
 def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping[str, float] | None = None,
-               decoders: bool = True) -> LossOutput:
+               decoders: bool = True, health: bool = False) -> LossOutput:
     """LM loss + sum over the routes present of weight x decoder loss (weights default to 1.0).
 
     decoders=False: the LM loss alone (no decoder runs; link states are still computed but unused).
+    health=True: also measure each route's link health (`link_health`; one extra backward through each decoder).
     """
     weights = dict(loss_weights or {})
     unknown = set(weights) - set(system.table)
@@ -114,10 +135,14 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
         raise ValueError(f"loss weights for unknown routes {sorted(unknown)}; bound routes: {sorted(system.table)}")
     out = system.model(**model_inputs(batch.inputs))
     parts = {"lm": out.loss}
-    total = out.loss
+    total, stats = out.loss, {}
     for route, links in (out.link_states.items() if decoders else ()):
         rows, targets = route_targets(batch.samples, route, links.index)
         parts[route] = decoder_loss(system, route, links.states, rows, targets, batch.images)
-        total = total + weights.get(route, 1.0) * parts[route]
+        weighted = weights.get(route, 1.0) * parts[route]
+        total = total + weighted
+        if health:
+            stats.update(link_health(system, route, links.states, weighted))
     tasks = [s.task for s in batch.samples]
-    return LossOutput(total=total, parts=parts, lm_per_task=lm_loss_per_task(out.logits, batch.inputs["labels"], tasks))
+    per_task = lm_loss_per_task(out.logits, batch.inputs["labels"], tasks)
+    return LossOutput(total=total, parts=parts, lm_per_task=per_task, health=stats)

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,14 @@ from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 
 from router.bindings import (
+    PROJECTORS,
     BindingTable,
     DecoderBuilder,
     SuperLinkSystem,
     check_table,
     default_bindings,
     default_decoder_builders,
+    perception_projector,
     run_route,
 )
 from router.config import SuperLinkConfig, load_config
@@ -509,7 +512,12 @@ def route_table(
 ) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
     """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
     if bindings is None:
-        table = {r: b for r, b in default_bindings().items() if r in config.model.routes}
+        perception = PROJECTORS[config.link_projector]
+        table = {
+            r: replace(b, projector=perception) if b.projector is perception_projector else b
+            for r, b in default_bindings().items()
+            if r in config.model.routes
+        }
     else:
         table = dict(bindings)
     builders = dict(default_decoder_builders() if decoder_builders is None else decoder_builders)

@@ -86,11 +86,15 @@ def train(
     config: Annotated[Path, typer.Argument(help="training preset YAML, e.g. configs/tiny.yaml")],
     out: Annotated[Path, typer.Option(help="output folder for checkpoints and logs")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in --out")] = False,
+    init: Annotated[Path | None, typer.Option(help="warm-start from a saved model folder, e.g. checkpoints/shapes")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="stop (with a checkpoint to --resume from) after this many minutes")
+    ] = None,
 ) -> None:
     """Joint end-to-end training: LM loss + weighted decoder losses through the super links."""
     from training.train import train as train_fn
 
-    _print_json_last(train_fn(config, out, resume=resume), as_json=True)
+    _print_json_last(train_fn(config, out, resume=resume, init=init, max_minutes=max_minutes), as_json=True)
 
 
 @app.command("eval")

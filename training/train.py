@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from decoders.diffusion import EditDecoder, GenerationDecoder
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
@@ -169,6 +170,9 @@ class Run:
     def enter_stage(self, index: int) -> None:
         stage = self.cfg.training.stages[index]
         set_trainable(self.system, stage, self.decoder_flags)
+        for decoder in self.system.decoders.values():
+            if isinstance(decoder, (GenerationDecoder, EditDecoder)):
+                decoder.conditioning = stage.decoder_conditioning
         self.optimizer = build_optimizer(self.system, stage, self.cfg.training.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, stage)
         engine = _LossModule(self.system, self.cfg.training.loss_weights, stage.decoder_losses)
@@ -185,9 +189,11 @@ class _LossModule(nn.Module):
         self.weights = weights
         self.decoders = decoders
 
-    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-        out = joint_loss(self.system, batch, self.weights, decoders=self.decoders)
-        return out.total, out.parts, out.lm_per_task
+    def forward(
+        self, batch: TrainBatch, health: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        out = joint_loss(self.system, batch, self.weights, decoders=self.decoders, health=health)
+        return out.total, out.parts, {**{f"lm/{k}": v for k, v in out.lm_per_task.items()}, **out.health}
 
 
 def _wrap_ddp(engine: nn.Module, device: torch.device) -> nn.Module:
@@ -210,16 +216,16 @@ def _autocast(cfg: SuperLinkConfig, device: torch.device) -> contextlib.Abstract
 
 
 def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
-    """Forward + backward of one micro-batch; returns its losses for logging."""
+    """Forward + backward of one micro-batch; returns its losses (and, on logged steps, link health) for logging."""
     batch = collate(run.processor, batch_samples(run.cfg, step, micro, run.rank))
     batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
     last = micro == run.cfg.training.grad_accum - 1
     sync = contextlib.nullcontext() if last or run.world == 1 else run.engine.no_sync()
     with sync, _autocast(run.cfg, run.device):
-        total, parts, per_task = run.engine(batch)
+        total, parts, extra = run.engine(batch, health=(step + 1) % run.cfg.training.log_every == 0)
         (total / run.cfg.training.grad_accum).backward()
     logged = {k: float(v.detach()) for k, v in parts.items()}
-    logged.update({f"lm/{k}": v for k, v in per_task.items()})
+    logged.update(extra)
     logged["total"] = float(total.detach())
     return logged
 
@@ -263,12 +269,54 @@ def run_tokenizer(cfg: SuperLinkConfig, out: Path) -> Any:
     return SuperLinkProcessor.from_pretrained(saved, cfg.model).tokenizer
 
 
-def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False) -> Run:
+def init_tokenizer(init: Path, cfg: SuperLinkConfig) -> Any:
+    """The tokenizer of a saved system folder (written by Pipeline.save_pretrained / a run's model/)."""
+    from mllm.processor import SuperLinkProcessor
+    from router.pipeline import MLLM_DIR
+
+    if not (init / MLLM_DIR / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"--init {init}: no {MLLM_DIR}/tokenizer.json; expected a folder written by save_pretrained")
+    return SuperLinkProcessor.from_pretrained(init / MLLM_DIR, cfg.model).tokenizer
+
+
+def init_weights(system: SuperLinkSystem, init: Path) -> dict[str, int]:
+    """Warm start from a saved system: copy every tensor whose name and shape match; the rest keeps its init.
+
+    A changed part (another projector, a new query table, a resized decoder) starts fresh; everything else
+    continues from the saved weights. Returns how many tensors were copied and how many start fresh.
+    """
+    from safetensors.torch import load_file
+
+    from router.pipeline import HEADS_FILE, MLLM_DIR
+
+    saved = load_file(str(init / HEADS_FILE))
+    if system.model is not None:
+        saved |= {f"model.{k}": v for k, v in load_file(str(init / MLLM_DIR / "model.safetensors")).items()}
+    own = system.state_dict()
+    take = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    system.load_state_dict(take, strict=False)
+    fresh = [k for k in own if k not in take and not _tied_to_copied(k, own, take)]
+    return {"copied": len(take), "fresh": len(fresh)}
+
+
+def _tied_to_copied(key: str, own: dict[str, torch.Tensor], take: dict[str, torch.Tensor]) -> bool:
+    """A tied weight (e.g. lm_head with tied embeddings) is stored once; its twin counts as copied."""
+    return any(own[k].data_ptr() == own[key].data_ptr() for k in take)
+
+
+def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path | None = None) -> Run:
     from router.pipeline import build_system
 
     rank, world, device = init_distributed()
     torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every (re)start
-    system, processor = build_system(cfg, tokenizer=run_tokenizer(cfg, out) if resume else None)
+    if resume:
+        tokenizer = run_tokenizer(cfg, out)
+    else:
+        tokenizer = init_tokenizer(init, cfg) if init is not None else None
+    system, processor = build_system(cfg, tokenizer=tokenizer)
+    if init is not None and not resume:
+        copied = init_weights(system, init)
+        print(f"--init {init}: {copied['copied']} tensors copied, {copied['fresh']} start fresh", file=sys.stderr)
     if not resume and rank == 0 and system.model is not None and not cfg.model.pretrained:
         system.model.tokenizer.save_pretrained(str(out / TOKENIZER))
     system.to(device).train()
@@ -296,18 +344,24 @@ def save(run: Run, step: int) -> Path | None:
 
 
 # ---- entry point --------------------------------------------------------------------------------
-def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, max_steps: int | None = None) -> dict:
-    """Train per the config; `max_steps` stops early (after a checkpoint), as an interrupted run would."""
+def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, max_steps: int | None = None,
+          init: str | Path | None = None, max_minutes: float | None = None) -> dict:
+    """Train per the config; `max_steps` stops early (after a checkpoint), as an interrupted run would.
+
+    init: warm-start from a saved system folder (e.g. checkpoints/shapes) with its tokenizer (`init_weights`).
+    max_minutes: stop after the step that crosses this wall time, saving a checkpoint to --resume from.
+    """
     cfg = load_config(config_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = build_run(cfg, out, resume)
+    run = build_run(cfg, out, resume, Path(init) if init is not None else None)
     total_steps = sum(s.steps for s in cfg.training.stages)
     start = restore(run) if resume else 0
     if not resume and run.rank == 0:
         (out / LOG).write_text("")  # a fresh run starts a fresh log
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
     history, evals, t0 = [], {}, time.perf_counter()
+    deadline = None if max_minutes is None else t0 + 60 * max_minutes
     bar = tqdm(range(start, stop), initial=start, total=total_steps, disable=run.rank != 0, desc="train", file=sys.stderr)
     for step in bar:
         if stage_at(cfg.training.stages, step) != run.stage:
@@ -325,6 +379,9 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
             _log(run, {"step": done, "eval": evals})
         if cfg.training.save_every and done % cfg.training.save_every == 0:
             save(run, done)
+        if deadline is not None and time.perf_counter() > deadline:
+            stop = done
+            break
     final_step = max(start, stop)
     checkpoint = save(run, final_step) if history or not resume else latest_checkpoint(out / CHECKPOINTS)
     if final_step == total_steps and run.rank == 0:

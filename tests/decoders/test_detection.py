@@ -329,3 +329,49 @@ def test_trains_and_predicts_on_cuda_with_cpu_targets(cfg):
     losses, _, last = overfit(dec, batch, make_targets(True), steps=20)  # targets stay on the CPU
     assert losses[-1] < losses[0]
     assert last.predictions[1][0].mask.shape == (100, 200)
+
+
+# ----------------------------------------------------------------------------- training aids
+
+
+def _enc_params(dec: DetectionDecoder) -> dict[str, torch.nn.Parameter]:
+    m = dec.model.model
+    # The box head's last layer (zero-initialised, as in DETR) is the one whose gradient shows at step 1.
+    return {"enc_output": m.enc_output.weight, "enc_output_norm": m.enc_output_norm.weight,
+            "encoder_bbox": list(m.encoder_output_bbox_embed.parameters())[-1]}
+
+
+@pytest.mark.parametrize("encoder_loss", [False, True])
+def test_encoder_loss_trains_the_two_stage_proposal_heads(cfg, encoder_loss):
+    """Without the encoder-side loss the top-k proposal scorer gets no gradient at all; with it, it does."""
+    torch.manual_seed(0)
+    dec = DetectionDecoder(cfg.model_copy(update={"encoder_loss": encoder_loss})).train()
+    out = dec(make_batch(dec), make_targets(with_masks=False))
+    out.loss.backward()
+    norms = {k: 0.0 if p.grad is None else float(p.grad.norm()) for k, p in _enc_params(dec).items()}
+    if encoder_loss:
+        assert all(v > 0 for v in norms.values()), norms
+        assert "loss_enc" in out.losses
+    else:
+        assert all(v == 0 for v in norms.values()), norms
+        assert "loss_enc" not in out.losses
+
+
+def test_logit_calibration_starts_at_the_prior_and_keeps_padding_out(cfg):
+    torch.manual_seed(0)
+    dec = DetectionDecoder(cfg.model_copy(update={"logit_calibration": True})).train()
+    batch = make_batch(dec, requires_grad=True)
+    out = dec.run(batch, with_masks=False)
+    real = out.logits[-1][0]  # image 0: three real phrases
+    assert float(real.sigmoid().mean()) < 0.05  # near the 1% prior (raw dot products start near 0.5)
+    assert torch.isinf(out.logits[-1][1, :, 2]).all()  # image 1's padded phrase stays -inf
+    loss = dec(batch, make_targets(with_masks=False)).loss
+    loss.backward()
+    assert torch.isfinite(dec.logit_scale.grad) and torch.isfinite(dec.logit_bias.grad)
+    assert torch.isfinite(batch.phrase_states.grad).all() and batch.phrase_states.grad.abs().sum() > 0
+
+
+def test_old_detectors_have_no_calibration_parameters(cfg):
+    """Both aids default off, so a checkpoint saved before they existed loads with the same keys."""
+    names = {n for n, _ in DetectionDecoder(cfg).named_parameters()}
+    assert not any("logit_" in n for n in names)

@@ -403,3 +403,49 @@ def test_decoders_satisfy_the_protocol_and_check_batch_types(generator, editor):
 def test_targets_must_match_the_batch(generator):
     with pytest.raises(DecoderInputError, match="expected 2 target images .* got 3"):
         generator(gen_batch(generator), DiffusionTargets(images(3, 0)))
+
+
+# ---- teacher conditioning and link alignment -------------------------------------------------
+
+
+def test_frozen_text_encoder_is_fixed_and_separates_descriptions():
+    from decoders.text_encoder import FrozenTextEncoder
+
+    enc = FrozenTextEncoder(dim=32, tokens=4)
+    a, b, again = enc(["red circle", "blue square"]), enc(["blue square"]), FrozenTextEncoder(32, 4)(["red circle"])
+    assert a.shape == (2, 4, 32)
+    assert torch.equal(a[1], b[0]) and torch.equal(a[0], again[0])  # no state: the same text, the same embedding
+    assert a[0, 2:].abs().sum() == 0  # two words, two tokens; the rest is padding
+    cos = torch.nn.functional.cosine_similarity(a[0, :2].flatten(), a[1, :2].flatten(), dim=0)
+    assert abs(float(cos)) < 0.5
+
+
+@pytest.mark.parametrize("kind", ["GEN", "EDIT"])
+def test_alignment_loss_pulls_the_mapped_link_towards_the_text_encoder(kind, gen_cfg, edit_cfg):
+    torch.manual_seed(0)
+    cfg = (gen_cfg if kind == "GEN" else edit_cfg).model_copy(update={"align_weight": 0.1})
+    decoder = (GenerationDecoder if kind == "GEN" else EditDecoder)(cfg).eval()
+    batch = gen_batch(decoder) if kind == "GEN" else edit_batch(decoder)
+    targets = DiffusionTargets(images(2, 0), texts=["red circle", "two blue squares"])
+    out = decoder(batch, targets, generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == {"noise_mse", "align_mse"}
+    torch.testing.assert_close(out.loss, out.losses["noise_mse"] + 0.1 * out.losses["align_mse"])
+    plain = decoder(batch, DiffusionTargets(images(2, 0)), generator=torch.Generator().manual_seed(0))
+    assert set(plain.losses) == {"noise_mse"}  # no descriptions, no alignment
+
+
+def test_text_conditioning_trains_the_unet_on_the_teacher_and_the_mapper_only_by_alignment(gen_cfg):
+    torch.manual_seed(0)
+    decoder = GenerationDecoder(gen_cfg.model_copy(update={"align_weight": 0.1})).eval()
+    decoder.conditioning = "text"
+    batch = gen_batch(decoder)
+    targets = DiffusionTargets(images(2, 0), texts=["red circle", "blue square"])
+    out = decoder(batch, targets, generator=torch.Generator().manual_seed(0))
+    out.losses["noise_mse"].backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in decoder.mapper.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.unet.parameters())
+    decoder.zero_grad()
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.mapper.parameters())
+    with pytest.raises(ValueError, match="needs DiffusionTargets.texts"):
+        decoder(batch, DiffusionTargets(images(2, 0)))

@@ -71,3 +71,36 @@ def test_route_targets_must_match_the_answer(lora_system):
     index = torch.tensor([[0, 5]] * (len(sample.targets) + 1))
     with pytest.raises(ValueError, match="groups but the sample has"):
         route_targets([sample], "DET", index)
+
+
+def test_skip_projector_keeps_phrases_apart_where_the_relu_mlp_collapses_them():
+    """Random link states (distinct phrases) through each perception projector at initialisation."""
+    from router.bindings import PROJECTORS
+
+    torch.manual_seed(0)
+    states = torch.randn(40, 4, 192)  # (N, Q, D)
+
+    def mean_cos(kind: str) -> float:
+        v = torch.nn.functional.normalize(PROJECTORS[kind](192, 64)(states).mean(1), dim=-1)
+        return float((v @ v.T)[~torch.eye(40, dtype=torch.bool)].mean())
+
+    assert mean_cos("relu_mlp") > 0.5  # the collapse the skip path removes
+    assert mean_cos("skip_mlp") < 0.2
+
+
+def test_link_projector_config_picks_the_perception_projector(tiny_config):
+    from router.bindings import SkipProjector
+    from router.pipeline import build_system
+
+    system, _ = build_system(tiny_config.model_copy(update={"link_projector": "skip_mlp"}), with_model=False)
+    assert all(isinstance(system.projectors[r], SkipProjector) for r in ("DET", "SEG", "GRD", "POSE"))
+    assert not isinstance(system.projectors["GEN"], SkipProjector)
+
+
+def test_link_health_reports_each_routes_spread_and_pull(lora_system):
+    system, processor = lora_system
+    out = joint_loss(system, collate(processor, _samples(["detection", "detection", "grounding"], seed=2)), health=True)
+    assert -1.0 <= out.health["link/DET/cos"] <= 1.0
+    assert out.health["link/DET/grad"] > 0 and out.health["link/GRD/grad"] > 0
+    plain = joint_loss(system, collate(processor, _samples(["detection"], seed=2)))
+    assert plain.health == {}

@@ -157,3 +157,20 @@ def test_periodic_evaluation_scores_with_evaluation_metrics(tiny_config):
     assert set(scores) == {"grd_acc50", "vqa_acc", "routing_acc"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert system.training  # restored after evaluation
+
+
+def test_init_warm_starts_from_a_saved_model_and_max_minutes_stops_with_a_checkpoint(tmp_path):
+    cfg = _tiny_run_config(tmp_path)
+    first = train(cfg, tmp_path / "first")
+    saved = load_file(str(Path(first["model"]) / "heads.safetensors"))
+    # A 0-minute budget stops after the first step, leaving a checkpoint to resume from.
+    second = train(cfg, tmp_path / "second", init=first["model"], max_minutes=0.0)
+    assert second["steps"] == 1 and second["model"] is None and second["checkpoint"]
+    resumed = train(cfg, tmp_path / "second", resume=True)
+    assert resumed["steps"] == 3
+    # The warm start began from the saved weights: heads the first stage does not train are unchanged.
+    frozen_first = train(cfg, tmp_path / "third", init=first["model"], max_steps=1)
+    assert frozen_first["steps"] == 1
+    now = _final_weights(tmp_path / "third")
+    same = [k for k in saved if k.startswith("decoders.generator.") and torch.equal(now[k], saved[k])]
+    assert same, "no decoder tensor kept its warm-start value"
