@@ -83,9 +83,11 @@ def serve_local(config_path: Path | None = None) -> None:
 
     from services.engines import make_engine
     from services.http import create_app
+    from services.observability import configure_logging
 
+    configure_logging()  # JSON lines with the request id; the app logs one access line per request
     spec = load_serve_file(config_path or DEFAULT_SERVE_YAML)
     decoders = spec.config.decoder_names
     app = create_app(make_engine(spec.config, decoders=decoders, with_model=True), spec.config.http)
     host, port = spec.http_options.get("host", spec.config.http.host), spec.http_options.get("port", spec.config.http.port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

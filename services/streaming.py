@@ -10,11 +10,17 @@
                       diffusion): that decoder's items, grouped like the Response's lists
                       (detections, polygons, points, keypoints, images), its part errors and its time
     event: response   last: the whole Response, equal to the non-streamed answer
-    event: error      only if something breaks after the stream began: {"status", "detail"}
+    event: error      only if something breaks after the stream began: {"status", "detail", "request_id"}
+                      (the detail is what a plain request's error body would say: one clean line, never a
+                      traceback, which goes to the log)
 
 Everything that can be refused before the first generated token is refused with the same status and JSON
-body as without `stream` (bad body, bad image, a request the model rejects, a model stage that fails or
-times out before generating); after that, a failure of the model stage is an `error` event. Token-level
+body ({"detail", "request_id"}) as without `stream`: body limits, bad image, a request the model rejects
+(prompt safety: role markers, special tokens), a model stage that fails or times out before generating;
+after that, a failure of the model stage is an `error` event. The request id (X-Request-ID) is the
+response header's, and the final `response` event's `request_id`. A timed-out or abandoned (client gone)
+model or decoder call is cancelled as for a plain request (services/cancel.py); streams are counted in
+the request metrics and in superlink_streams_total{outcome}. Token-level
 text uses a context variable the in-process Pipeline reads (router/stages.py GENERATED_TEXT_SINK), so the
 batched generate is unchanged and unaware of HTTP.
 
@@ -37,9 +43,10 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from router.response import sort_items
 from router.schemas import Request
 from router.stages import GENERATED_TEXT_SINK
-from services.engines import IngressLogic, Planned, ServiceError, check_images
+from services.engines import Budget, IngressLogic, Planned, ServiceError
+from services.observability import current_request_id
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("superlink")
 
 PENDING = "(…)"  # shown in the text event where a routing marker's part has not arrived yet
 _NOT_RUN = "(not run)"  # what assembly writes for a marker whose result is missing
@@ -69,11 +76,12 @@ def _items_json(items: list[Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 async def stream_response(logic: IngressLogic, request: Request) -> EventSourceResponse:
-    """Start the model stage; answer with its HTTP error if it fails before producing any text, else stream."""
-    check_images(request, logic.http.max_image_pixels)
-    limit = min(request.options.timeout_s or logic.http.request_timeout_s, logic.http.request_timeout_s)
-    deadline = time.monotonic() + limit
-    t0 = time.perf_counter()
+    """Start the model stage; answer with its HTTP error if it fails before producing any text, else stream.
+
+    The checks, the time budget, the cancellation of timed-out calls and the error texts are those of
+    IngressLogic.handle (admit, _front, _one_decoder); only the order the results go out in differs.
+    """
+    budget = await logic.admit(request)
     loop = asyncio.get_running_loop()
     texts: asyncio.Queue[str] = asyncio.Queue()
 
@@ -82,23 +90,47 @@ async def stream_response(logic: IngressLogic, request: Request) -> EventSourceR
 
     token = GENERATED_TEXT_SINK.set(sink)
     try:  # the task copies this context, so only this request's generation sees the sink
-        front = asyncio.ensure_future(logic._front(request, deadline, limit))
+        front = asyncio.ensure_future(logic._front(request, budget))
     finally:
         GENERATED_TEXT_SINK.reset(token)
     first = asyncio.ensure_future(texts.get())
-    await asyncio.wait({front, first}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({front, first}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the client went away before anything was sent: stop the model call too
+        front.cancel()
+        first.cancel()
+        raise
     if front.done() and (not first.done() or front.exception() is not None):
         first.cancel()
         planned = front.result()  # raises the stage's ServiceError: the usual status and JSON body
-        stream = events(logic, planned, deadline, t0)
+        stream = events(logic, planned, budget)
     else:
-        stream = _with_text(logic, front, first.result(), texts, deadline, t0)
+        stream = _with_text(logic, front, first.result(), texts, budget)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return EventSourceResponse(stream, headers=headers)
+    return EventSourceResponse(_counted(logic, stream), headers=headers)
+
+
+async def _counted(logic: IngressLogic, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream, counted in superlink_streams_total by how it ended (response, error, client_gone)."""
+    outcome = "client_gone"
+    try:
+        async for chunk in stream:
+            if chunk.startswith(b"event: response\n"):
+                outcome = "response"
+            elif chunk.startswith(b"event: error\n"):
+                outcome = "error"
+            yield chunk
+    finally:
+        logic.metrics.inc("superlink_streams_total", outcome=outcome)
+
+
+def error_event(status: int, detail: str) -> bytes:
+    """The `error` event: the same fields as an HTTP error body, plus the status the stream could not send."""
+    return sse("error", {"status": status, "detail": detail, "request_id": current_request_id()})
 
 
 async def _with_text(
-    logic: IngressLogic, front: asyncio.Future, text: str, texts: asyncio.Queue[str], deadline: float, t0: float
+    logic: IngressLogic, front: asyncio.Future, text: str, texts: asyncio.Queue[str], budget: Budget
 ) -> AsyncIterator[bytes]:
     """`generating` events with the text so far until the model stage is done, then the usual events."""
     try:
@@ -113,19 +145,19 @@ async def _with_text(
                 break
             text = nxt.result()
         planned = front.result()
-    except ServiceError as err:
-        yield sse("error", {"status": err.status, "detail": err.message})
+    except ServiceError as err:  # _front's texts are already clean (public_error, request id)
+        yield error_event(err.status, err.message)
         return
     finally:
-        front.cancel()  # no-op once done; a client gone mid-generation stops waiting for it
-    async for chunk in events(logic, planned, deadline, t0):
+        front.cancel()  # no-op once done; a client gone mid-generation cancels the model call (services/cancel.py)
+    async for chunk in events(logic, planned, budget):
         yield chunk
 
 
-async def events(logic: IngressLogic, planned: Planned, deadline: float, t0: float) -> AsyncIterator[bytes]:
+async def events(logic: IngressLogic, planned: Planned, budget: Budget) -> AsyncIterator[bytes]:
     """text, then one part per decoder as it finishes, then the whole response."""
     names = list(planned.plan)
-    tasks = {asyncio.ensure_future(_run(logic, n, planned.plan[n], deadline)): n for n in names}
+    tasks = {asyncio.ensure_future(_run(logic, n, planned.plan[n], budget.deadline)): n for n in names}
     try:
         yield sse("text", await _text_event(logic, planned))
         results: dict[str, list[Any]] = {}
@@ -135,15 +167,16 @@ async def events(logic: IngressLogic, planned: Planned, deadline: float, t0: flo
             results[name], timings[name] = res, ms
             yield sse("part", _part_event(name, res, ms))
         response = (await logic.backend.assemble(planned, results, {**planned.timings, **timings}))[0]
-        response.timings_ms["total"] = _ms(t0)
+        response.timings_ms["total"] = _ms(budget.t0)
+        response.request_id = current_request_id()
         yield sse("response", response.model_dump(mode="json"))
     except ServiceError as err:
-        yield sse("error", {"status": err.status, "detail": err.message})
+        yield error_event(err.status, err.message)
     except Exception as err:  # noqa: BLE001 - the stream has begun: report the failure as an event
-        log.exception("streamed request failed after its first event")
-        yield sse("error", {"status": 500, "detail": f"the response could not be completed: {type(err).__name__}"})
+        log.error("streamed request failed after its first event", exc_info=err)  # traceback to the log only
+        yield error_event(500, f"internal server error; quote request id {current_request_id()} when reporting it")
     finally:
-        for task in tasks:  # a client that went away must not leave decoder calls waiting on it
+        for task in tasks:  # a client that went away must not leave decoder calls running (they are cancelled)
             task.cancel()
 
 
