@@ -12,8 +12,8 @@ import time
 
 import httpx
 import pytest
-from langchain_core.messages import ToolMessage
 from fastapi.testclient import TestClient
+from langchain_core.messages import ToolMessage
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 

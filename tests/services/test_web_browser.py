@@ -1,6 +1,6 @@
 """The web page in headless Chromium (Debian's chromium + chromium-driver, driven by selenium; no browser
-download) against a real uvicorn server over the shipped `shapes` model: an API error shown, a scribbled
-region sent as a mask, and a compound request whose overlay and generated image stream in; a screenshot.
+download) against a real uvicorn server over the shipped `shapes` model: an API error shown (with its request
+id), a scribbled region sent as the API's `scribble` region kind, and a compound request whose overlay and generated image stream in; a screenshot.
 
 `SUPERLINK_WEB_SCREENSHOT=docs/web.png pytest -m slow tests/services/test_web_browser.py` refreshes the
 README's picture.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from mllm.scribble import rasterize_scribble
 from router.pipeline import Pipeline
 from services.http import BackgroundServer, create_app
 
@@ -86,8 +88,9 @@ def test_page_in_headless_chromium(browser, url, tmp_path):
     _ask(d, "What colour is the object in <region>?")
     error = d.find_element(By.ID, "error")
     assert _state(d) == "error" and error.is_displayed() and "Error 422" in error.text and "region" in error.text
+    assert re.search(r"\(request id [0-9a-f]{32}\)", error.text), error.text
 
-    # 2. A scribble drawn on the canvas travels as a mask region (RLE built in the browser) and is answered.
+    # 2. A scribble drawn on the canvas travels as a `scribble` region (polyline + pen width) and is answered.
     d.find_element(By.CSS_SELECTOR, '.tool[data-tool="scribble"]').click()
     canvas = d.find_element(By.ID, "canvas")
     w = canvas.size["width"]
@@ -95,8 +98,10 @@ def test_page_in_headless_chromium(browser, url, tmp_path):
      .move_by_offset(30, 10).move_by_offset(20, 25).release().perform())  # fmt: skip
     assert "1 region" in d.find_element(By.ID, "region-count").text
     sent = d.execute_script("return regionPayload(state.regions[0])")
-    rle = sent["mask"]
-    assert rle["size"] == [128, 128] and mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) > 50
+    assert set(sent) == {"image", "scribble"} and len(sent["scribble"]["lines"]) == 1
+    line, width = sent["scribble"]["lines"][0], sent["scribble"]["width"]
+    assert 3 <= len(line) <= 1024 and all(0 <= v <= 128 for p in line for v in p) and 2 <= width <= 256
+    assert rasterize_scribble(sent["scribble"]["lines"], width, (128, 128)).sum() > 50  # what the server will draw
     _ask(d, "What colour is the object in <region>?")
     assert _state(d) == "done", d.find_element(By.ID, "error").text
     assert d.find_element(By.ID, "answer").text.strip()
@@ -125,7 +130,6 @@ def test_page_in_headless_chromium(browser, url, tmp_path):
         ours = np.array(d.execute_script("return Array.from(rleDecode(arguments[0]).mask)", m), dtype=np.uint8)
         ref = mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()})  # (h, w)
         assert np.array_equal(ours, ref.flatten(order="F"))
-        assert d.execute_script("const r = rleDecode(arguments[0]); return rleEncode(r.mask, r.h, r.w).counts", m) == m["counts"]
 
     shot = tmp_path / "web.png"
     d.save_screenshot(str(shot))

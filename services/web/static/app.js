@@ -55,30 +55,6 @@ function rleDecode(rle) {
   return { mask, h, w };
 }
 
-function rleEncode(mask, h, w) {  // mask: Uint8Array, column-major
-  const counts = [];
-  let prev = 0, run = 0;
-  for (let i = 0; i < h * w; i++) {
-    if (mask[i] !== prev) { counts.push(run); run = 0; prev = mask[i]; }
-    run++;
-  }
-  counts.push(run);
-  let s = "";
-  for (let i = 0; i < counts.length; i++) {
-    let x = counts[i];
-    if (i > 2) x -= counts[i - 2];
-    let more = true;
-    while (more) {
-      let c = x & 0x1f;
-      x >>= 5;
-      more = (c & 0x10) ? x !== -1 : x !== 0;
-      if (more) c |= 0x20;
-      s += String.fromCharCode(c + 48);
-    }
-  }
-  return { size: [h, w], counts: s };
-}
-
 // ---- canvas ------------------------------------------------------------------------------------------------
 const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
@@ -281,27 +257,26 @@ function updateRegionHint() {
   $("region-count").textContent = `${state.regions.length} region${state.regions.length === 1 ? "" : "s"}`;
 }
 
-function scribbleMask(points) {
-  // The API takes box, point or mask regions: a scribble is rasterised here into a mask (COCO RLE).
-  const { w, h } = state.image;
-  const off = document.createElement("canvas");
-  off.width = w; off.height = h;
-  const octx = off.getContext("2d");
-  octx.strokeStyle = "#000"; octx.lineWidth = scribbleWidth(); octx.lineCap = "round"; octx.lineJoin = "round";
-  octx.beginPath();
-  points.forEach(([x, y], k) => (k ? octx.lineTo(x, y) : octx.moveTo(x, y)));
-  if (points.length === 1) octx.lineTo(points[0][0] + 0.01, points[0][1]);
-  octx.stroke();
-  const data = octx.getImageData(0, 0, w, h).data;
-  const mask = new Uint8Array(w * h);
-  for (let col = 0; col < w; col++) for (let row = 0; row < h; row++) mask[col * h + row] = data[(row * w + col) * 4 + 3] > 127 ? 1 : 0;
-  return rleEncode(mask, h, w);
+const MAX_SCRIBBLE_POINTS = 1024, MAX_SCRIBBLE_WIDTH = 256;  // the API's limits (mllm/scribble.py)
+
+function scribbleLine(points) {
+  // The pointer trail, thinned: points at least one image pixel apart, at most the API's 1024.
+  const kept = [points[0]];
+  for (const p of points.slice(1)) {
+    const q = kept[kept.length - 1];
+    if (Math.hypot(p[0] - q[0], p[1] - q[1]) >= 1) kept.push(p);
+  }
+  const n = kept.length, m = Math.min(n, MAX_SCRIBBLE_POINTS);
+  const line = m < n ? Array.from({ length: m }, (_, k) => kept[Math.round((k * (n - 1)) / (m - 1))]) : kept;
+  return line.map(([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
 }
 
 function regionPayload(r) {
   if (r.kind === "box") return { image: 0, box: r.box.map((v) => Math.round(v * 10) / 10) };
   if (r.kind === "point") return { image: 0, point: r.point.map((v) => Math.round(v * 10) / 10) };
-  return { image: 0, mask: scribbleMask(r.points) };
+  // A scribble is the API's own region kind (polylines + pen width); the server rasterises it.
+  const width = Math.round(Math.min(scribbleWidth(), MAX_SCRIBBLE_WIDTH) * 10) / 10;
+  return { image: 0, scribble: { lines: [scribbleLine(r.points)], width } };
 }
 
 // ---- images ------------------------------------------------------------------------------------------------
@@ -400,11 +375,11 @@ function clearAnswer() {
   redraw();
 }
 
-function showError(message, status) {
+function showError(message, status, requestId) {
   setBusy(false);
   const box = $("error");
   box.hidden = false;
-  box.textContent = status ? `Error ${status}: ${message}` : message;
+  box.textContent = (status ? `Error ${status}: ${message}` : message) + (requestId ? ` (request id ${requestId})` : "");
   document.body.dataset.state = "error";
 }
 
@@ -521,7 +496,7 @@ function onEvent(event, data) {
     setBusy(false);
     document.body.dataset.state = "done";
   } else if (event === "error") {
-    showError(data.detail, data.status);
+    showError(data.detail, data.status, data.request_id);
   }
 }
 
@@ -545,9 +520,13 @@ async function send(ev) {
   try {
     const resp = await fetch("/v1/tasks", { method: "POST", headers: headers(), body: JSON.stringify(body), signal: state.controller.signal });
     if (!resp.ok) {
-      let detail = resp.statusText;
-      try { const j = await resp.json(); detail = typeof j.detail === "string" ? j.detail : JSON.stringify(j.detail); } catch (_) { /* keep statusText */ }
-      showError(detail, resp.status);
+      let detail = resp.statusText, requestId = resp.headers.get("x-request-id");
+      try {
+        const j = await resp.json();
+        detail = typeof j.detail === "string" ? j.detail : JSON.stringify(j.detail);
+        requestId = j.request_id || requestId;
+      } catch (_) { /* keep statusText */ }
+      showError(detail, resp.status, requestId);
       return;
     }
     await readStream(resp.body);
