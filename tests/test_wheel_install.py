@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from services.demo import DEMO_SCENES
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +72,7 @@ print(json.dumps({"router": router.__file__, "configs": str(CONFIG_DIR), "checkp
     demo = _run([superlink, "demo", "--out", str(work / "demo")], work, env)
     assert "trained checkpoint" in demo and str(site) in demo
     summary = json.loads((work / "demo" / "summary.json").read_text())
-    assert summary["trained"] and summary["scenes"] == 11 and all(Path(p).is_file() for p in summary["pngs"])
+    assert summary["trained"] and summary["scenes"] == len(DEMO_SCENES) and all(Path(p).is_file() for p in summary["pngs"])
 
     scores = json.loads(_run([superlink, "eval", "--n", "11", "--json"], work, env).strip().splitlines()[-1])
     assert scores["n"] == 11 and scores["model"] == "shapes" and scores["routing_acc"] > 0.5
