@@ -7,7 +7,14 @@
 # typer, tqdm, pyyaml, pillow) has no network; SuperLink's training and evaluation also need diffusers,
 # pycocotools and pydantic, and the transformers version this project is tested with. pip downloads them
 # here as cp312 manylinux wheels (about 23 MB); a device command installs them with
-#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#     source bench/device_wheels.sh --install     (installs .whl/*.whl into /tmp/site, puts it on PYTHONPATH)
+if [ "${1:-}" = "--install" ]; then  # on the device machine, sourced by training/train_device.sh and bench/device.sh
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            && export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    return 0 2>/dev/null || exit 0
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

@@ -80,7 +80,7 @@ def build(preset: str, seed: int) -> SuperLinkModel:
 
 
 def make_batch(model: SuperLinkModel, texts: list[str], seed: int) -> dict:
-    image = "<image>" * model.config.vision.num_patches
+    image = "<image>" * model.config.num_image_tokens
     batch = dict(model.tokenizer([image + " " + t for t in texts], return_tensors="pt", padding=True))
     side = model.config.vision.image_size
     g = torch.Generator().manual_seed(seed)

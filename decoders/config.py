@@ -56,6 +56,11 @@ class KeypointConfig(StrictModel):
     hidden_size: int = Field(64, ge=8)
     num_heads: int = Field(2, ge=1, description="heads of the slot -> link-query cross-attention")
     sigmas: list[float] | None = Field(None, description="OKS sigma per slot; None -> 0.05 for every slot")
+    share_detector: bool = Field(
+        False,
+        description="True: run on the [DET] decoder's Grounding DINO in-process (one set of weights, as UniPose "
+        "sits on the same detector); False: its own copy, loaded from detector.pretrained when that is set",
+    )
 
     @model_validator(mode="after")
     def _check_sigmas(self) -> KeypointConfig:

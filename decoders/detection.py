@@ -39,6 +39,7 @@ from decoders.matching import (
     match,
     num_boxes_of,
 )
+from mllm.config import require_folder
 
 Task = Literal["det", "seg", "grd"]
 TASKS: tuple[str, ...] = ("det", "seg", "grd")
@@ -467,6 +468,10 @@ class DetectionDecoder(nn.Module):
     def link_dim(self) -> int:
         return self.model.config.d_model
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         """Raw contrastive dot products -> q.t / sqrt(d) * exp(s) + b (identity without logit_calibration)."""
         if not self.config.logit_calibration:
@@ -478,11 +483,13 @@ class DetectionDecoder(nn.Module):
     def run(self, batch: DetectionBatch, with_masks: bool) -> LinkDinoOutput:
         """Validate and run the detector; phrase vectors are the mean of each phrase's link queries."""
         validate_batch(batch, self.config, self.link_dim)
-        dtype = self.model.dtype  # link states may arrive in the LLM's dtype
-        text = batch.phrase_states.to(dtype).mean(dim=2)  # (B, P, Q, C) -> (B, P, C)
+        # Inputs arrive from anywhere (CPU images, link states in the LLM's device and dtype): bring them here.
+        device, dtype = self.device, self.model.dtype
+        text = batch.phrase_states.to(device, dtype).mean(dim=2)  # (B, P, Q, C) -> (B, P, C)
         mask_size = self.config.mask_size if with_masks else None
         proposals = self.training and self.config.encoder_loss
-        out = self.model(batch.pixel_values.to(dtype), text, batch.phrase_mask, mask_size=mask_size, proposals=proposals)
+        pixels, mask = batch.pixel_values.to(device, dtype), batch.phrase_mask.to(device)
+        out = self.model(pixels, text, mask, mask_size=mask_size, proposals=proposals)
         out.logits = self.calibrate(out.logits)
         if out.enc_logits is not None:
             out.enc_logits = self.calibrate(out.enc_logits)
@@ -575,7 +582,7 @@ class DetectionDecoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, config: DetectorConfig | None = None) -> DetectionDecoder:
         """Load a transformers Grounding DINO folder (BERT weights dropped, mask head fresh) or a saved decoder."""
-        path = Path(path)
+        path = require_folder(path, "a Grounding DINO checkpoint")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; expected a transformers Grounding DINO folder")
         model = LinkGroundingDino.from_pretrained(path)
@@ -607,7 +614,8 @@ class DetectionDecoder(nn.Module):
         """config.json + model.safetensors (transformers layout, mask head included) + detector.json."""
         path = Path(path)
         self.model.save_pretrained(path)
-        (path / DETECTOR_CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2))
+        saved = self.config.model_copy(update={"pretrained": None})  # the folder itself holds the weights now
+        (path / DETECTOR_CONFIG_FILE).write_text(json.dumps(saved.model_dump(), indent=2))
 
 
 def grounding_picks(scores: torch.Tensor, num_phrases: int) -> list[tuple[int, int]]:

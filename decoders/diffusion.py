@@ -48,6 +48,7 @@ from decoders.config import DiffusionConfig, EditorConfig
 from decoders.images import ImageInput, prepare_images
 from decoders.mapper import LinkMapper
 from decoders.text_encoder import FrozenTextEncoder
+from mllm.config import require_folder
 
 CONFIG_FILE = "superlink_decoder.json"
 MAPPER_FILE = "mapper.safetensors"
@@ -431,7 +432,8 @@ class _DiffusionDecoder(nn.Module):
             self.scheduler.save_pretrained(path / "scheduler")
         state = {k: v.detach().contiguous().cpu() for k, v in self.mapper.state_dict().items()}
         save_file(state, str(path / MAPPER_FILE))
-        meta = {"kind": self.kind, "config": self.config.model_dump(mode="json")}
+        saved = self.config.model_copy(update={"pretrained": None})  # the folder itself holds the weights now
+        meta = {"kind": self.kind, "config": saved.model_dump(mode="json")}
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -472,6 +474,7 @@ def load_components(
     path: Path, need_vae: bool
 ) -> tuple[UNet2DConditionModel, AutoencoderKL | None, dict[str, Any]]:
     """UNet, VAE (when latent) and scheduler config from a diffusers pipeline folder; text encoder/tokenizer ignored."""
+    path = require_folder(path, "a diffusers pipeline")
     needed = ["unet", "scheduler"] + (["vae"] if need_vae else [])
     missing = [sub for sub in needed if not (path / sub).is_dir()]
     if missing:
@@ -479,10 +482,23 @@ def load_components(
             f"{path}: not a diffusers pipeline folder, missing {', '.join(s + '/' for s in missing)} "
             "(expected the SD-1.5 layout: model_index.json, unet/, vae/, scheduler/)"
         )
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae") if need_vae else None
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=weights_variant(path / "unet"))
+    vae = None
+    if need_vae:
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=weights_variant(path / "vae"))
     sched_cfg = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
     return unet, vae, sched_cfg
+
+
+def weights_variant(folder: Path) -> str | None:
+    """None when `folder` has plain weight files; "fp16" when it has only the fp16 variant (a download made
+    with variant="fp16", which diffusers does not find unless told)."""
+    files = [f.name for f in folder.glob("diffusion_pytorch_model*")]
+    if any(f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin") for f in files) or not files:
+        return None
+    if any(".fp16." in f for f in files):
+        return "fp16"
+    return None
 
 
 def config_from_components(

@@ -115,7 +115,10 @@ class KeypointDecoder(nn.Module):
 
     @classmethod
     def build(cls, config: KeypointConfig, detector_config: DetectorConfig) -> KeypointDecoder:
-        """A keypoint decoder with its own detector."""
+        """A keypoint decoder with its own detector: the Grounding DINO folder `detector_config.pretrained`
+        when set (the same weights [DET] starts from), else random weights of the configured size."""
+        if detector_config.pretrained:
+            return cls(config, DetectionDecoder.from_pretrained(detector_config.pretrained, detector_config))
         return cls(config, DetectionDecoder(detector_config))
 
     @property
@@ -127,7 +130,7 @@ class KeypointDecoder(nn.Module):
             validate_batch(batch, self.detector.config, self.link_dim)
             self._validate_targets(targets, batch)
         out = self.detector.run(batch, with_masks=False)
-        slots = self.head.slots(batch.phrase_states)  # (B, P, K, C)
+        slots = self.head.slots(batch.phrase_states.to(out.hidden.device, out.hidden.dtype))  # (B, P, K, C)
         phrase_of_query = out.logits[-1].argmax(-1)  # (B, N); padded phrases hold -inf
         if targets is None:
             kp = self.head(out.hidden, slots, phrase_of_query)

@@ -57,6 +57,19 @@ def load_yaml(path: str | Path, cls: type[M]) -> M:
     return validate_mapping(data, cls, str(path))
 
 
+def require_folder(path: str | Path, what: str) -> Path:
+    """`path` as an existing folder, or FileNotFoundError "folder not found" naming `what` and where it looked.
+
+    Checked before any library sees the path: transformers and diffusers treat a missing local folder
+    as a hub repository name and fail with a confusing connection error.
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        where = "" if p.is_absolute() else f" (relative paths are read from the working directory {Path.cwd()})"
+        raise FileNotFoundError(f"folder not found: {path} ({what}){where}")
+    return p
+
+
 class VisionConfig(StrictModel):
     """CLIP-style vision tower (built from config, or loaded from a LLaVA checkpoint)."""
 
@@ -113,6 +126,34 @@ class RegionConfig(StrictModel):
     max_points: int = Field(256, ge=1, description="points sampled inside a mask for pooling")
 
 
+class FormatQueryConfig(StrictModel):
+    """Output-format-as-query parallel decoding of native boxes (VisionLLM v1, section 3.3; mllm.format_queries).
+
+    Present: the model holds `slots` learned format queries (one per object slot; each slot is five
+    positions, class + x1 y1 x2 y2), decodes a native-detection answer from them in one forward pass, and
+    trains them with a set-matching (Hungarian) loss. Absent (the default): boxes are decoded token by token.
+    """
+
+    slots: int = Field(16, ge=1, description="object slots predicted in parallel (the most boxes one answer holds)")
+    loss_weight: float = Field(1.0, ge=0.0, description="weight of the set loss in the joint loss")
+    no_object_weight: float = Field(0.1, ge=0.0, description="class-CE weight of slots matched to no object (DETR's eos_coef)")
+    l1_weight: float = Field(5.0, ge=0.0, description="weight of the L1 between expected and target coordinates")
+
+
+class ImageTokenizerConfig(StrictModel):
+    """Language-guided image tokenizer (VisionLLM v1, section 3.2; mllm.image_tokenizer).
+
+    Present: learned queries, shifted by the pooled embedding of the instruction, cross-attend to the
+    projected patch features; their outputs are the visual tokens ("replace"), or are added to the
+    patch tokens through a zero-initialised gate ("add", so a trained model starts unchanged).
+    """
+
+    num_queries: int | None = Field(None, ge=1, description="visual tokens per image; None: one per patch")
+    num_layers: int = Field(1, ge=1)
+    num_heads: int | None = Field(None, ge=1, description="None: the LLM's number of heads")
+    combine: Literal["add", "replace"] = "add"
+
+
 class MLLMConfig(StrictModel):
     """The multimodal LLM. `pretrained` points at a local LLaVA-format folder (real scale)."""
 
@@ -128,6 +169,9 @@ class MLLMConfig(StrictModel):
     lora: LoraConfig | None = None
     projector: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # VisionLLM v1 options, off by default (a config without them builds and loads exactly as before).
+    format_queries: FormatQueryConfig | None = None
+    image_tokenizer: ImageTokenizerConfig | None = None
 
     @model_validator(mode="after")
     def _check_routes(self) -> MLLMConfig:
@@ -136,4 +180,18 @@ class MLLMConfig(StrictModel):
                 raise ValueError(f"route name {name!r} must be upper-case letters, e.g. 'DET'")
             if q < 1:
                 raise ValueError(f"route {name} needs at least one query, got {q}")
+        tok = self.image_tokenizer
+        if tok is not None and tok.combine == "add" and tok.num_queries not in (None, self.vision.num_patches):
+            raise ValueError(
+                f"image_tokenizer.combine 'add' needs one query per patch ({self.vision.num_patches}), got "
+                f"num_queries {tok.num_queries}; use combine 'replace' for another count"
+            )
         return self
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens each <image> expands to: one per patch, or the image tokenizer's query count."""
+        tok = self.image_tokenizer
+        if tok is not None and tok.combine == "replace" and tok.num_queries is not None:
+            return tok.num_queries
+        return self.vision.num_patches

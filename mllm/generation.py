@@ -14,6 +14,13 @@ batched output equals per-row output (states to float tolerance).
 
 Sampling draws one uniform number per row and step from that row's own
 torch.Generator, so a row samples the same tokens alone or in any batch.
+
+Format queries (mllm.format_queries; when the model has them and `format_decoding` allows): the
+prefill also runs the S x 5 slot queries, appended after the prompt (causal attention: the prompt's
+own states are unchanged, the slots see the prompt alone, as in training); later tokens never attend
+to them (their mask columns are zeroed). A row whose first token after leading spaces is a class slot
+has begun a native box answer: its whole answer is read from its slot states, written as the same
+token groups, and the row finishes without another forward pass.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from mllm.constraints import RowConstraint, apply_constraints
+from mllm.format_queries import FormatTokenIds, decode_slots, slot_logits, slots_text
 from mllm.types import Generation, LinkEvent
 from mllm.vocab import phrase_before
 
@@ -71,19 +79,23 @@ def generate(
     eos_token_id: int | None = None,
     logits_hook: LogitsHook | None = None,
     constraints: Sequence[RowConstraint | None] | None = None,
+    format_decoding: bool | None = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[Generation]:
     """Generate for every row of a processor batch (input_ids (B, T) left-padded, attention_mask, and
     optionally pixel_values, region_masks, region_image_index). `allowed_routes` None allows all routes;
     `constraints` (one per row, or None) keep a row's answer in its format (mllm.constraints, e.g. N-point
-    polygons); `logits_hook` may edit the (B, V) logits of each step after them (tests force routes with it);
+    polygons); `logits_hook` may edit the (B, V) logits of each step after them (tests force routes with it).
+    `format_decoding` None reads native box answers from the format queries when the model has them (rows
+    under a constraint, e.g. polygons, always go token by token); False always decodes token by token.
     `on_step`, when given, sees every row's generated ids after each step (streaming; read, don't modify)."""
     check_options(max_new_tokens, do_sample, temperature, top_p)
     eos = model.token_ids.eos if eos_token_id is None else eos_token_id
     batch_size = batch["input_ids"].shape[0]
     rows = [RowState() for _ in range(batch_size)]
     route_of = {tid: name for name, tid in model.token_ids.route.items()}
-    cache, mask, logits = prefill(model, batch)
+    format_ids = FormatTokenIds.of(model) if model.format_queries is not None and format_decoding is not False else None
+    cache, mask, logits, slot_states = prefill(model, batch, with_slots=format_ids is not None)
     banned = banned_tokens(model, allowed_routes).to(logits.device)  # (V,) bool
     uniforms = row_uniforms(seeds, batch_size, max_new_tokens, logits.device) if do_sample else None  # (B, N)
     for step in range(max_new_tokens):
@@ -94,7 +106,10 @@ def generate(
         if logits_hook is not None:
             logits = logits_hook(step, logits)
         next_ids = choose_tokens(logits, step, uniforms, temperature, top_p)  # (B,)
-        record_tokens(rows, next_ids.tolist(), route_of, eos)
+        formatted = format_rows(model, rows, next_ids, format_ids, constraints) if format_ids is not None else []
+        record_tokens(rows, next_ids.tolist(), route_of, eos, skip=formatted)
+        if formatted:
+            finish_from_slots(model, rows, formatted, slot_states, format_ids, eos)
         if on_step is not None:
             on_step([r.token_ids for r in rows])
         if all(r.finished for r in rows) or (step == max_new_tokens - 1 and not any_pending(rows)):
@@ -117,9 +132,10 @@ def check_options(max_new_tokens: int, do_sample: bool, temperature: float, top_
 
 
 def prefill(
-    model: SuperLinkModel, batch: Mapping[str, Any]
-) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-    """Run the whole prompt once: the cache, the attention mask (B, T) and the last logits (B, V)."""
+    model: SuperLinkModel, batch: Mapping[str, Any], with_slots: bool = False
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run the whole prompt once: the cache, the attention mask (B, T), the last prompt logits (B, V), and
+    with_slots the format-query states (B, S * 5, D) of slots appended after the prompt (masked afterwards)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if ids.dim() != 2 or mask.shape != ids.shape:
         raise GenerationInputError(f"input_ids and attention_mask must both be (B, T); got {tuple(ids.shape)}, "
@@ -130,8 +146,17 @@ def prefill(
         ids, batch.get("pixel_values"), batch.get("region_masks"), batch.get("region_image_index")
     )  # (B, T, D)
     cache = DynamicCache(config=model.llava.config.text_config)
-    hidden = model.run_llm(embeds, mask, cache=cache).last_hidden_state  # (B, T, D)
-    return cache, mask.long(), model.lm_logits(hidden[:, -1])
+    mask = mask.long()
+    if not with_slots:
+        hidden = model.run_llm(embeds, mask, cache=cache).last_hidden_state  # (B, T, D)
+        return cache, mask, model.lm_logits(hidden[:, -1]), None
+    slots = model.format_queries.embeddings().to(embeds.dtype)  # (S * 5, D)
+    embeds = torch.cat([embeds, slots.expand(len(embeds), -1, -1)], dim=1)  # (B, T + S * 5, D)
+    mask = torch.cat([mask, mask.new_ones(len(mask), len(slots))], dim=1)
+    hidden = model.run_llm(embeds, mask, cache=cache).last_hidden_state  # (B, T + S * 5, D)
+    mask[:, -len(slots) :] = 0  # answer tokens never attend to the slots (and positions skip them)
+    t = ids.shape[1]
+    return cache, mask, model.lm_logits(hidden[:, t - 1]), hidden[:, t:]
 
 
 def banned_tokens(model: SuperLinkModel, allowed_routes: set[str] | None) -> torch.Tensor:
@@ -182,17 +207,49 @@ def choose_tokens(
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
-def record_tokens(rows: list[RowState], next_ids: list[int], route_of: dict[int, str], eos: int) -> None:
-    """The state machine: append each live row's token; eos finishes it, a routing token queues its queries."""
-    for row, tid in zip(rows, next_ids, strict=True):
+def record_tokens(
+    rows: list[RowState], next_ids: list[int], route_of: dict[int, str], eos: int, skip: Sequence[int] = ()
+) -> None:
+    """The state machine: append each live row's token; eos finishes it, a routing token queues its queries.
+    Rows in `skip` answer from their format slots: their token is not kept."""
+    for r, (row, tid) in enumerate(zip(rows, next_ids, strict=True)):
         row.pending_route = None
-        if row.finished:
+        if row.finished or r in skip:
             continue
         row.token_ids.append(tid)
         if tid == eos:
             row.finished = True
         else:
             row.pending_route = route_of.get(tid)
+
+
+def format_rows(
+    model: SuperLinkModel,
+    rows: list[RowState],
+    next_ids: torch.Tensor,
+    ids: FormatTokenIds,
+    constraints: Sequence[RowConstraint | None] | None = None,
+) -> list[int]:
+    """Rows that begin a native box answer now: a class slot as their first token after leading spaces
+    (answers are encoded after a space, so the first token is often a bare space). A constrained row (a
+    polygon request) keeps its own format and is never switched to the box slots."""
+    is_class = torch.isin(next_ids, torch.tensor(ids.classes[:-1], device=next_ids.device)).tolist()
+    free = [True] * len(rows) if constraints is None else [c is None for c in constraints]
+    return [
+        r for r, (row, hit) in enumerate(zip(rows, is_class, strict=True))
+        if hit and free[r] and not row.finished and not model.tokenizer.decode(row.token_ids).strip()
+    ]  # fmt: skip
+
+
+def finish_from_slots(
+    model: SuperLinkModel, rows: list[RowState], formatted: list[int], slot_states: torch.Tensor,
+    ids: FormatTokenIds, eos: int,
+) -> None:  # fmt: skip
+    """Write each formatted row's answer from its slot states (B, S * 5, D) and finish the row."""
+    logits = slot_logits(model, slot_states[formatted], ids)
+    for r, slots in zip(formatted, decode_slots(logits), strict=True):
+        rows[r].token_ids = model.tokenizer(" " + slots_text(slots), add_special_tokens=False)["input_ids"] + [eos]
+        rows[r].finished = True
 
 
 def any_pending(rows: list[RowState]) -> bool:

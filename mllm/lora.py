@@ -56,6 +56,8 @@ def freeze_all_but_adapters(model: SuperLinkModel) -> None:
         if isinstance(module, BaseTunerLayer):  # LoRA layers and trainable-token layers
             for attr in module.adapter_layer_names:  # peft's own list of its adapter weight holders
                 getattr(module, attr).requires_grad_(True)
-    for part in (model.queries, model.region_encoder, model.llava.model.multi_modal_projector):
+    parts = (model.queries, model.region_encoder, model.llava.model.multi_modal_projector, model.format_queries,
+             model.image_tokenizer)
+    for part in parts:
         if part is not None:
             part.requires_grad_(True)

@@ -12,7 +12,8 @@ link states handed to the route's decoder. Generation feeds the same rows after 
 sampled routing token (mllm.generation).
 
 Checkpoint keys follow the attribute names: `llava.*` (the transformers
-LlavaForConditionalGeneration), `queries.<ROUTE>.weight`, `region_encoder.*`.
+LlavaForConditionalGeneration), `queries.<ROUTE>.weight`, `region_encoder.*`, and only when the
+config enables them `format_queries.*` (mllm.format_queries) and `image_tokenizer.*` (mllm.image_tokenizer).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ from transformers import (
     LlavaForConditionalGeneration,
     PreTrainedTokenizerBase,
 )
+from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from mllm.config import MLLMConfig, TextConfig, VisionConfig, validate_mapping
+from mllm.config import MLLMConfig, TextConfig, VisionConfig, require_folder, validate_mapping
+from mllm.embeddings import default_dtype, grow_token_embeddings, load_weights
+from mllm.format_queries import FormatQueries
+from mllm.image_tokenizer import LanguageGuidedTokenizer
 from mllm.region import RegionEncoder
 from mllm.tokenizer import add_superlink_tokens
 from mllm.types import Generation, LinkStates
@@ -173,8 +178,7 @@ class SuperLinkModel(nn.Module):
                 build_llava_config(self.config, self.token_ids, len(tokenizer))
             )
         check_llava_config(llava.config, self.token_ids)
-        if llava.get_input_embeddings().num_embeddings < len(tokenizer):
-            llava.resize_token_embeddings(len(tokenizer))  # new rows start at the mean of the old ones
+        grow_token_embeddings(llava, len(tokenizer))  # new rows start at the mean of the old ones
         self.llava = llava
         hidden = llava.config.text_config.hidden_size
         self.queries = nn.ModuleDict({r.name: nn.Embedding(r.num_queries, hidden) for r in self.vocab.routes})
@@ -182,6 +186,13 @@ class SuperLinkModel(nn.Module):
             nn.init.normal_(table.weight, std=llava.config.text_config.initializer_range)
         vision_dim = llava.config.vision_config.hidden_size
         self.region_encoder = RegionEncoder(vision_dim, hidden) if self.config.region.enabled else None
+        # VisionLLM v1 options: absent unless the config asks for them, so older checkpoints load unchanged.
+        fq, tok = self.config.format_queries, self.config.image_tokenizer
+        std = llava.config.text_config.initializer_range
+        self.format_queries = FormatQueries(fq.slots, hidden, std) if fq is not None else None
+        n_img = self.config.num_image_tokens
+        heads = llava.config.text_config.num_attention_heads
+        self.image_tokenizer = LanguageGuidedTokenizer(tok, hidden, n_img, heads) if tok is not None else None
         self.to(getattr(torch, self.config.dtype))
         if self.config.lora is not None:
             from mllm.lora import apply_lora
@@ -210,7 +221,11 @@ class SuperLinkModel(nn.Module):
         return patches, projected
 
     def add_image_features(
-        self, embeds: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
+        self,
+        embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        text_mask: torch.Tensor | None = None,  # (B, T) instruction tokens, for the language-guided tokenizer
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scatter projected image features into the <image> slots; also return the patch features."""
         mask = input_ids == self.token_ids.image  # (B, T)
@@ -222,6 +237,8 @@ class SuperLinkModel(nn.Module):
                 )
             return embeds, None
         patches, projected = self.encode_images(pixel_values.to(embeds.dtype))
+        if self.image_tokenizer is not None:
+            projected = self.tokenize_images(projected, embeds, input_ids, text_mask)
         n_img, n_patch = projected.shape[:2]
         if n_tokens != n_img * n_patch:
             raise ModelInputError(
@@ -230,6 +247,32 @@ class SuperLinkModel(nn.Module):
             )
         embeds = embeds.masked_scatter(mask[..., None], projected.to(embeds.dtype))
         return embeds, patches
+
+    def tokenize_images(
+        self, projected: torch.Tensor, embeds: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(N_img, P, D) projected patches -> (N_img, M, D) language-guided visual tokens (mllm.image_tokenizer),
+        each image conditioned on the instruction tokens of the row that holds it."""
+        slots = input_ids == self.token_ids.image  # (B, T)
+        m = self.config.num_image_tokens
+        if int(slots.sum()) != len(projected) * m:
+            raise ModelInputError(
+                f"input_ids hold {int(slots.sum())} <image> tokens but {len(projected)} images need {m} each"
+            )
+        if text_mask is None:
+            text_mask = self.instruction_mask(input_ids)
+        rows = slots.nonzero()[::m, 0]  # (N_img,) row of each image, in scatter order
+        return self.image_tokenizer(projected, embeds[rows], text_mask[rows])
+
+    def instruction_mask(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) bool: the instruction's own text tokens (no <image>/<region>/pad/placeholders), and with
+        `labels` only those before the answer, so the image tokens never see the answer they are trained on."""
+        ids = self.token_ids
+        skip = torch.tensor([ids.image, ids.region, ids.pad, *ids.placeholder.values()], device=input_ids.device)
+        mask = ~torch.isin(input_ids, skip)
+        if labels is not None:
+            mask &= (labels != IGNORE_INDEX).long().cumsum(-1) == 0
+        return mask
 
     def add_regions(
         self,
@@ -299,10 +342,12 @@ class SuperLinkModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         region_masks: torch.Tensor | None = None,
         region_image_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,  # (B, T); marks where answers start (image tokenizer only)
     ) -> torch.Tensor:
         """(B, T) ids plus images/regions -> (B, T, D) LLM input embeddings."""
         embeds = self.embed_inputs(input_ids)
-        embeds, patches = self.add_image_features(embeds, input_ids, pixel_values)
+        text_mask = self.instruction_mask(input_ids, labels) if self.image_tokenizer is not None else None
+        embeds, patches = self.add_image_features(embeds, input_ids, pixel_values, text_mask)
         embeds = self.add_regions(embeds, input_ids, region_masks, region_image_index, patches)
         return self.scatter_route_queries(embeds, input_ids)
 
@@ -348,7 +393,7 @@ class SuperLinkModel(nn.Module):
         labels: torch.Tensor | None = None,  # (B, T), -100 where no loss
     ) -> SuperLinkOutput:
         check_same_shape(input_ids, attention_mask=attention_mask, labels=labels)
-        embeds = self.prepare_embeds(input_ids, pixel_values, region_masks, region_image_index)
+        embeds = self.prepare_embeds(input_ids, pixel_values, region_masks, region_image_index, labels)
         hidden = self.run_llm(embeds, attention_mask).last_hidden_state  # (B, T, D)
         logits = self.lm_logits(hidden)  # (B, T, V)
         loss = lm_loss(logits, labels) if labels is not None else None
@@ -374,32 +419,49 @@ class SuperLinkModel(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_model(self, str(d / WEIGHTS_FILE))  # shared/tied tensors stored once
-        (d / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        saved = self.config.model_copy(update={"pretrained": None})  # this folder holds the weights now
+        (d / CONFIG_FILE).write_text(saved.model_dump_json(indent=2))
         self.llava.config.to_json_file(str(d / LLAVA_CONFIG_FILE))
         self.tokenizer.save_pretrained(str(d))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SuperLinkModel:
-        """Load what save_pretrained wrote (no pickle; LoRA re-applied when the saved config has it)."""
-        d = Path(directory)
+        """Load what save_pretrained wrote (no pickle; LoRA re-applied when the saved config has it).
+
+        The model is built in its saved dtype without random initialisation, then filled tensor by
+        tensor, so loading never holds a float32 copy or a second copy of the weights.
+        """
+        d = require_folder(directory, "saved SuperLink model")
         for name in (WEIGHTS_FILE, CONFIG_FILE, LLAVA_CONFIG_FILE):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d}: {name} missing; expected a folder written by save_pretrained")
         config = validate_mapping(json.loads((d / CONFIG_FILE).read_text()), MLLMConfig, str(d / CONFIG_FILE))
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-        llava = LlavaForConditionalGeneration(LlavaConfig.from_json_file(str(d / LLAVA_CONFIG_FILE)))
-        model = cls(config, tokenizer, llava=llava)
-        safetensors.torch.load_model(model, str(d / WEIGHTS_FILE), strict=True)
+        with no_init_weights(), default_dtype(getattr(torch, config.dtype)):
+            llava = LlavaForConditionalGeneration(LlavaConfig.from_json_file(str(d / LLAVA_CONFIG_FILE)))
+            llava.tie_weights()  # no_init_weights skips the tying post_init would do
+            model = cls(config, tokenizer, llava=llava)
+        load_weights(model, d / WEIGHTS_FILE)
         return model
 
     @classmethod
     def from_llava(cls, directory: str | Path, config: MLLMConfig) -> SuperLinkModel:
-        """Load a LLaVA-format checkpoint folder (config.json, model.safetensors, tokenizer files) and
-        add SuperLink's tokens (mean-initialised rows), query tables and region encoder."""
-        d = Path(directory)
-        llava = LlavaForConditionalGeneration.from_pretrained(str(d), local_files_only=True)
+        """Load a LLaVA-format checkpoint folder (config.json, model.safetensors, tokenizer files) in
+        `config.dtype` (meta-device init, no float32 copy) and add SuperLink's tokens (rows at the mean
+        of the checkpoint's token rows; spare rows reused), query tables and region encoder."""
+        d = require_folder(directory, "model.pretrained (a LLaVA checkpoint)")
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d}: no config.json; expected a LlavaForConditionalGeneration folder")
+        llava, info = LlavaForConditionalGeneration.from_pretrained(
+            str(d), local_files_only=True, dtype=getattr(torch, config.dtype), output_loading_info=True
+        )
+        if info["missing_keys"] or info["mismatched_keys"]:  # transformers would leave those random
+            bad = sorted(info["missing_keys"]) + [str(k) for k in info["mismatched_keys"]]
+            raise ModelInputError(f"{d}: the checkpoint does not fill {len(bad)} weights, e.g. {bad[:4]}")
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        known = len(tokenizer)
         add_superlink_tokens(tokenizer, Vocabulary.from_config(config))
+        grow_token_embeddings(llava, len(tokenizer), known_tokens=known)
         return cls(config_from_llava(llava.config, config, d), tokenizer, llava=llava)
 
 

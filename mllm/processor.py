@@ -12,7 +12,7 @@ NFKC folding and with invisible characters removed) or any text the tokenizer wo
 added token other than `<image>` / `<region>` (`<loc_i>`, `<cls_i>`, `</s>`, `<s>`, `<pad>`,
 routing tokens, placeholders).
 
-`<image>` becomes `vision.num_patches` image tokens (the model masked_scatters one projected
+`<image>` becomes `num_image_tokens` image tokens (one per patch by default) (the model masked_scatters one projected
 patch feature into each). `<region>` stays one token per region prompt (the region encoder
 replaces its embedding). In answers, each routing token is followed by its route's query
 placeholders, which carry no label. Rows are LEFT padded so batched generation continues
@@ -76,7 +76,7 @@ class SuperLinkProcessor:
         self.config = config
         self.vocab = Vocabulary.from_config(config)
         self.image_size = config.vision.image_size
-        self.num_image_tokens = config.vision.num_patches
+        self.num_image_tokens = config.num_image_tokens
         self._check_tokenizer()
         if not getattr(tokenizer, "chat_template", None):  # saved before templates were stored: same format
             tokenizer.chat_template = CHAT_TEMPLATE

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,20 +72,8 @@ def generation_projector(llm_hidden: int, link_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(llm_hidden, link_dim), nn.GELU(), nn.Linear(link_dim, link_dim))
 
 
-def normed_generation_projector(llm_hidden: int, link_dim: int) -> nn.Module:
-    """LayerNorm first, then Linear-GELU-Linear.
-
-    The LLM's last hidden states can be large (RMS in the hundreds in `shapes`, where tied embeddings reward a
-    large final norm); fed raw into the mapper's attention they saturate its softmax, and the [GEN]/[EDIT]
-    losses send almost no gradient back (measured 2e-8 against 1-16 for [DET]; EVAL.md).
-    """
-    return nn.Sequential(nn.LayerNorm(llm_hidden), generation_projector(llm_hidden, link_dim))
-
-
-# Perception projectors by name (`link_projector`); they replace the default rows' perception_projector.
+# Perception projectors by name (`model.link_projector`); a binding's own factory is used when it names none.
 PROJECTORS: dict[str, ProjectorFactory] = {"relu_mlp": perception_projector, "skip_mlp": SkipProjector}
-# Generation projectors by name (`image_link_projector`), for [GEN] and [EDIT].
-IMAGE_PROJECTORS: dict[str, ProjectorFactory] = {"mlp": generation_projector, "norm_mlp": normed_generation_projector}
 
 
 @dataclass(frozen=True)
@@ -220,7 +209,7 @@ def detector_batch(calls: Sequence[DecoderCall], projected: torch.Tensor, decode
     owners = _by_request(calls)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
-    mask = torch.zeros(len(owners), p_max, dtype=torch.bool)  # (B, P)
+    mask = torch.zeros(len(owners), p_max, dtype=torch.bool, device=projected.device)  # (B, P)
     for b, own in enumerate(owners):
         states[b, : len(own)] = projected[own]
         mask[b, : len(own)] = True
@@ -289,7 +278,7 @@ def detector_train_batch(
     owners = _groups_by_row(rows)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
-    mask = torch.zeros(len(owners), p_max, dtype=torch.bool)
+    mask = torch.zeros(len(owners), p_max, dtype=torch.bool, device=projected.device)
     dec_targets = []
     for b, own in enumerate(owners):
         states[b, : len(own)] = projected[own]
@@ -388,10 +377,26 @@ def build_detector(cfg: SuperLinkConfig) -> nn.Module:
 
 
 def build_keypoints(cfg: SuperLinkConfig) -> nn.Module:
-    """The [POSE] decoder with its own detector (shared weights would tie it to the [DET] replica)."""
+    """The [POSE] decoder with its own detector (loaded from detector.pretrained when set). With
+    keypoints.share_detector the detector is a placeholder until `share_decoders` gives it the real one."""
+    from decoders.detection import DetectionDecoder
     from decoders.keypoints import KeypointDecoder
 
-    return KeypointDecoder.build(cfg.decoders.keypoints, cfg.decoders.detector)
+    det = cfg.decoders.detector
+    if cfg.decoders.keypoints.share_detector and det.pretrained:
+        return KeypointDecoder(cfg.decoders.keypoints, DetectionDecoder(det.model_copy(update={"pretrained": None})))
+    return KeypointDecoder.build(cfg.decoders.keypoints, det)
+
+
+def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None:
+    """keypoints.share_detector: [POSE] runs on the very detector [DET] runs on (one set of weights in-process);
+    a process holding only the keypoint decoder (a Ray replica) loads its own copy of detector.pretrained."""
+    if not cfg.decoders.keypoints.share_detector or "keypoints" not in decoders:
+        return
+    if "detector" in decoders:
+        decoders["keypoints"].detector = decoders["detector"]
+    elif cfg.decoders.detector.pretrained:
+        decoders["keypoints"].detector = build_detector(cfg)
 
 
 def build_generator(cfg: SuperLinkConfig) -> nn.Module:
@@ -406,6 +411,34 @@ def build_editor(cfg: SuperLinkConfig) -> nn.Module:
 
     c = cfg.decoders.editor
     return EditDecoder.from_pretrained_ip2p(c.pretrained, c) if c.pretrained else EditDecoder(c)
+
+
+DecoderLoader = Callable[[Path], nn.Module]
+
+
+def default_decoder_loaders() -> dict[str, DecoderLoader]:
+    """Decoder name -> loader of the folder its save_pretrained wrote (a self-contained saved system)."""
+    from decoders.detection import DetectionDecoder
+    from decoders.diffusion import EditDecoder, GenerationDecoder
+    from decoders.keypoints import KeypointDecoder
+
+    return {
+        "detector": DetectionDecoder.from_pretrained,
+        "keypoints": KeypointDecoder.from_pretrained,
+        "generator": GenerationDecoder.from_pretrained,
+        "editor": EditDecoder.from_pretrained,
+    }
+
+
+def pretrained_decoders(cfg: SuperLinkConfig, names: Sequence[str]) -> list[str]:
+    """Those of `names` built from a `pretrained` folder (keypoints: from the detector's)."""
+    folder = {
+        "detector": cfg.decoders.detector.pretrained,
+        "keypoints": cfg.decoders.detector.pretrained,
+        "generator": cfg.decoders.generator.pretrained,
+        "editor": cfg.decoders.editor.pretrained,
+    }
+    return [n for n in names if folder.get(n)]
 
 
 # ---- the table ---------------------------------------------------------------------------------

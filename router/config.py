@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from decoders.config import DecodersConfig
 from mllm.config import MLLMConfig, StrictModel, load_yaml
+from mllm.devices import DtypeName
 from router.assets import config_dir
 
 PARAM_GROUPS = ("queries", "projectors", "decoders", "llm", "region")
@@ -86,13 +87,15 @@ class SuperLinkConfig(StrictModel):
     # The projector of the perception routes ([DET] [SEG] [GRD] [POSE]), by name (router.bindings.PROJECTORS):
     # "relu_mlp" is VisionLLM v2's patch2query; "skip_mlp" adds a linear path that keeps phrases apart.
     link_projector: Literal["relu_mlp", "skip_mlp"] = "relu_mlp"
-    # The projector of [GEN] and [EDIT] (router.bindings.IMAGE_PROJECTORS): "mlp" is VisionLLM v2's emb_proj;
-    # "norm_mlp" layer-normalises the LLM states first, so large hidden states cannot saturate the mapper.
-    image_link_projector: Literal["mlp", "norm_mlp"] = "mlp"
     model: MLLMConfig = MLLMConfig()
     decoders: DecodersConfig = DecodersConfig()
     training: TrainingConfig = TrainingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    # Where the whole pipeline runs (mllm.devices): "auto" is this process's GPU when it has one, else the CPU;
+    # dtype "auto" is bf16 (fp16 without bf16) on a GPU and leaves CPU weights as built. Serving sets them per
+    # deployment (configs/serve.yaml).
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: DtypeName = Field("auto", description="auto or float32, bfloat16, float16")
 
 
 def load_config(preset_or_path: str | Path) -> SuperLinkConfig:

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mllm.format_queries import format_loss
 from router.bindings import SuperLinkSystem
 
 IGNORE_INDEX = -100
+FORMAT_TASKS = ("native_detection",)  # tasks whose answers the format queries learn (native boxes)
 
 
 @dataclass
@@ -128,6 +130,8 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
 
     decoders=False: the LM loss alone (no decoder runs; link states are still computed but unused).
     health=True: also measure each route's link health (`link_health`; one extra backward through each decoder).
+    A model with format queries adds parts["format"], the set loss of its native-detection rows
+    (mllm.format_queries), weighted by model.format_queries.loss_weight, whatever `decoders` says.
     """
     weights = dict(loss_weights or {})
     unknown = set(weights) - set(system.table)
@@ -143,6 +147,11 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
         total = total + weighted
         if health:
             stats.update(link_health(system, route, links.states, weighted))
+    fq = system.model.config.format_queries
+    rows = [i for i, s in enumerate(batch.samples) if s.task in FORMAT_TASKS]
+    if fq is not None and rows:  # output-format-as-query: set loss on the slots after each prompt
+        parts["format"] = format_loss(system.model, batch.inputs, rows, [batch.samples[i].answer for i in rows])
+        total = total + fq.loss_weight * parts["format"]
     tasks = [s.task for s in batch.samples]
     per_task = lm_loss_per_task(out.logits, batch.inputs["labels"], tasks)
     return LossOutput(total=total, parts=parts, lm_per_task=per_task, health=stats)

@@ -33,9 +33,9 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 
+from mllm.devices import resolve_device, resolve_dtype
 from router.assets import checkpoint_root
 from router.bindings import (
-    IMAGE_PROJECTORS,
     PROJECTORS,
     BindingTable,
     DecoderBuilder,
@@ -43,9 +43,11 @@ from router.bindings import (
     check_table,
     default_bindings,
     default_decoder_builders,
-    generation_projector,
+    default_decoder_loaders,
     perception_projector,
+    pretrained_decoders,
     run_route,
+    share_decoders,
 )
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
@@ -80,6 +82,8 @@ class Pipeline:
         self.deployed_routes = list(deployed_routes if deployed_routes is not None else system.deployed_routes)
         # Optional (step, logits (B, V)) -> logits edit applied during generation (tests and benchmarks force routes).
         self.logits_hook: LogitsHook | None = None
+        # None: native box answers use the model's format queries when it has them; False: token by token.
+        self.format_decoding: bool | None = None
         self._executors: dict[str, Any] = {}  # decoder workers, created on first concurrent call
 
     # ---- construction -----------------------------------------------------------------------
@@ -91,10 +95,13 @@ class Pipeline:
         decoder_builders: Mapping[str, DecoderBuilder] | None = None,
         decoders: Sequence[str] | None = None,
         with_model: bool = True,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> Pipeline:
-        """Random weights from `config`; `decoders` picks which decoders to build (default: all bound)."""
+        """Random weights from `config`; `decoders` picks which decoders to build (default: all bound).
+        `device`/`dtype` override the config's (mllm.devices; "auto" allowed)."""
         system, processor = build_system(config, bindings, decoder_builders, decoders, with_model)
-        return cls(config, system, processor)
+        return cls(config, system, processor).place(device, dtype)
 
     @classmethod
     def from_pretrained(
@@ -104,21 +111,33 @@ class Pipeline:
         decoder_builders: Mapping[str, DecoderBuilder] | None = None,
         decoders: Sequence[str] | None = None,
         with_model: bool = True,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> Pipeline:
         """A folder written by `save_pretrained`, a preset name with a shipped checkpoint
-        (checkpoints/<name>/, e.g. "shapes"), or any other preset name (random weights, e.g. "tiny")."""
+        (checkpoints/<name>/, e.g. "shapes"), or any other preset name (random weights, e.g. "tiny").
+        `device`/`dtype` override the config's (mllm.devices; "auto" allowed)."""
         path = Path(preset_or_dir)
         if not path.is_dir():
             path = shipped_checkpoint(str(preset_or_dir)) or path
         if path.is_dir():
             config, system, processor = load_system(path, bindings, decoder_builders, decoders, with_model)
-            return cls(config, system, processor)
-        return cls.from_config(load_config(preset_or_dir), bindings, decoder_builders, decoders, with_model)
+            return cls(config, system, processor).place(device, dtype)
+        config = load_config(preset_or_dir)
+        return cls.from_config(config, bindings, decoder_builders, decoders, with_model, device, dtype)
 
-    def to(self, device: str | torch.device) -> Pipeline:
-        """Move the model, projectors and decoders (e.g. to "cuda"); inputs follow them."""
-        self.system.to(device)
+    def to(self, device: str | torch.device, dtype: str | torch.dtype | None = None) -> Pipeline:
+        """Move the model, projectors and decoders (device and dtype as in mllm.devices, "auto" allowed);
+        every stage moves its own inputs to its part's device."""
+        device = resolve_device(device)
+        if isinstance(dtype, str):
+            dtype = resolve_dtype(dtype, device)
+        self.system.to(device=device, dtype=dtype)
         return self
+
+    def place(self, device: str | None = None, dtype: str | None = None) -> Pipeline:
+        """Move to `device`/`dtype`, or to the config's `device`/`dtype` where they are None."""
+        return self.to(device or self.config.device, dtype or self.config.dtype)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         return save_system(self.config, self.system, self.processor, Path(out_dir))
@@ -175,7 +194,9 @@ class Pipeline:
         if self.system.model is None:
             raise RuntimeError("this pipeline was built without the MLLM (with_model=False); it cannot generate")
         t0 = time.perf_counter()
-        gens = run_generation(self.system.model, self.processor, prepared, self.deployed_routes, self.logits_hook)
+        gens = run_generation(
+            self.system.model, self.processor, prepared, self.deployed_routes, self.logits_hook, self.format_decoding
+        )
         elapsed = _ms(t0)
         return [
             GenerationResult(
@@ -444,6 +465,7 @@ def run_generation(
     prepared: Sequence[Prepared],
     deployed_routes: Sequence[str],
     logits_hook: LogitsHook | None = None,
+    format_decoding: bool | None = None,
 ) -> list[Any]:
     """mllm.generation.generate over the batch, one call per group of requests with equal decoding options.
 
@@ -473,7 +495,8 @@ def run_generation(
         gens = generate(
             model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
             top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
-            constraints=constraints if any(c is not None for c in constraints) else None, on_step=on_step,
+            constraints=constraints if any(c is not None for c in constraints) else None,
+            format_decoding=format_decoding, on_step=on_step,
         )  # fmt: skip
         for i, g in zip(group, gens, strict=True):
             out[i] = g
@@ -498,7 +521,8 @@ def _text_streamer(model: Any, indices: Sequence[int], sink: Callable[[int, str]
 # ---- building, saving, loading -----------------------------------------------------------------
 SYSTEM_CONFIG = "superlink.yaml"
 MLLM_DIR = "mllm"
-HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.*
+HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.* (those not saved whole under decoders/)
+DECODERS_DIR = "decoders"  # decoders/<name>/: a decoder loaded from a pretrained folder, saved in its own format
 CHECKPOINT_ROOT = checkpoint_root()  # trained presets shipped with the repo (or the wheel's copy: router/assets.py)
 
 
@@ -550,7 +574,9 @@ def _pick_decoders(
     unknown = [d for d in wanted if d not in builders]
     if unknown:
         raise ValueError(f"unknown decoders {unknown}; known: {sorted(builders)}")
-    return {name: builders[name](config) for name in wanted}
+    built = {name: builders[name](config) for name in wanted}
+    share_decoders(config, built)
+    return built
 
 
 def route_table(
@@ -558,10 +584,9 @@ def route_table(
 ) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
     """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
     if bindings is None:
-        chosen = {perception_projector: PROJECTORS[config.link_projector],
-                  generation_projector: IMAGE_PROJECTORS[config.image_link_projector]}
+        perception = PROJECTORS[config.link_projector]
         table = {
-            r: replace(b, projector=chosen.get(b.projector, b.projector))
+            r: replace(b, projector=perception) if b.projector is perception_projector else b
             for r, b in default_bindings().items()
             if r in config.model.routes
         }
@@ -592,15 +617,39 @@ def build_system(
 
 
 def save_system(config: SuperLinkConfig, system: SuperLinkSystem, processor: Any, out_dir: Path) -> Path:
-    """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders)."""
+    """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders).
+
+    A decoder that was loaded from a `pretrained` folder is written whole to decoders/<name>/ in its own
+    format instead (architecture included), and the saved config no longer names any pretrained folder:
+    the saved folder is all a later load needs.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     if system.model is not None:
         system.model.save_pretrained(out_dir / MLLM_DIR)
         config = config.model_copy(update={"model": system.model.config})  # records LoRA if applied
-    heads = torch.nn.ModuleDict({"projectors": system.projectors, "decoders": system.decoders})
+    standalone = pretrained_decoders(config, list(system.decoders))
+    for name in standalone:
+        system.decoders[name].save_pretrained(out_dir / DECODERS_DIR / name)
+    heads = _heads(system, standalone)
     save_model(heads, str(out_dir / HEADS_FILE))
-    (out_dir / SYSTEM_CONFIG).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    saved = without_pretrained(config)
+    (out_dir / SYSTEM_CONFIG).write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
     return out_dir
+
+
+def _heads(system: SuperLinkSystem, standalone: Sequence[str]) -> torch.nn.ModuleDict:
+    """projectors.* and decoders.* of the decoders not saved on their own."""
+    kept = {n: d for n, d in system.decoders.items() if n not in standalone}
+    return torch.nn.ModuleDict({"projectors": system.projectors, "decoders": torch.nn.ModuleDict(kept)})
+
+
+def without_pretrained(config: SuperLinkConfig) -> SuperLinkConfig:
+    """`config` with every `pretrained` folder cleared (what a saved, self-contained system records)."""
+    out = config.model_copy(deep=True)
+    out.model.pretrained = None
+    for section in (out.decoders.detector, out.decoders.generator, out.decoders.editor):
+        section.pretrained = None
+    return out
 
 
 def load_system(
@@ -619,11 +668,26 @@ def load_system(
     config = load_config(path / SYSTEM_CONFIG)
     table, builders = route_table(config, bindings, decoder_builders)
     model = SuperLinkModel.from_pretrained(path / MLLM_DIR) if with_model else None
-    system = SuperLinkSystem(model, _pick_decoders(config, table, builders, decoders), table, config.model.text.hidden_size)
-    heads = torch.nn.ModuleDict({"projectors": system.projectors, "decoders": system.decoders})
-    load_model(heads, str(path / HEADS_FILE), strict=decoders is None)
+    built = _load_decoders(path, config, table, builders, decoders)
+    system = SuperLinkSystem(model, built, table, config.model.text.hidden_size)
+    standalone = [n for n in built if (path / DECODERS_DIR / n).is_dir()]
+    load_model(_heads(system, standalone), str(path / HEADS_FILE), strict=decoders is None)
     processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None
     return config, system, processor
+
+
+def _load_decoders(
+    path: Path, config: SuperLinkConfig, table: BindingTable, builders: Mapping[str, DecoderBuilder],
+    decoders: Sequence[str] | None,
+) -> dict[str, Any]:
+    """Decoders saved whole under decoders/<name>/ load from there; the rest are built from the config."""
+    wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
+    loaders = default_decoder_loaders()
+    own = {n for n in wanted if (path / DECODERS_DIR / n).is_dir() and n in loaders}
+    built = _pick_decoders(config, table, builders, [n for n in wanted if n not in own])
+    built.update({n: loaders[n](path / DECODERS_DIR / n) for n in sorted(own)})
+    share_decoders(config, built)
+    return {n: built[n] for n in wanted}
 
 
 def forced_answer_hook(tokenizer: Any, answers: Sequence[str]) -> LogitsHook:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mllm.config import ROUTE_NAMES, StrictModel, load_yaml, validate_mapping
+from mllm.devices import DtypeName
 from router.bindings import default_bindings
 
 DecoderName = Literal["detector", "keypoints", "generator", "editor"]
@@ -44,9 +45,15 @@ class AutoscalingConfig(StrictModel):
 
 
 class DeploymentConfig(StrictModel):
-    """Options of one Serve deployment; give num_replicas or autoscaling_config, not both."""
+    """Options of one Serve deployment; give num_replicas or autoscaling_config, not both.
+
+    `device`/`dtype` place the replica's model (mllm.devices): "auto" puts it on the replica's GPU when
+    ray_actor_options.num_gpus > 0 (Ray makes that card the replica's cuda:0) and on the CPU otherwise.
+    """
 
     ray_actor_options: ActorOptions = ActorOptions()
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: DtypeName = Field("auto", description="auto (bf16/fp16 on a GPU, unchanged on CPU) or a dtype name")
     num_replicas: int | None = Field(1, ge=1)
     autoscaling_config: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(32, ge=1)
@@ -59,6 +66,13 @@ class DeploymentConfig(StrictModel):
         if self.autoscaling_config is None and self.num_replicas is None:
             raise ValueError("give num_replicas or autoscaling_config")
         return self
+
+    def placement(self) -> tuple[str, str]:
+        """(device, dtype) for this deployment's replicas; "auto" follows the GPUs the replica reserves."""
+        device = self.device
+        if device == "auto":
+            device = "cuda" if self.ray_actor_options.num_gpus > 0 else "cpu"
+        return device, self.dtype
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options(...)`."""

@@ -41,7 +41,8 @@ class MLLMDeployment:
 
     def __init__(self, config: ServeConfig):
         configure_logging()
-        self.engine = MLLMEngine(make_engine(config, decoders=[], with_model=True), RayMetrics())
+        engine = make_engine(config, decoders=[], with_model=True, placement=config.mllm.placement())
+        self.engine = MLLMEngine(engine, RayMetrics())
         batching = config.mllm.batching
         self.batching = batching.enabled
         self.front_batched.set_max_batch_size(batching.max_batch_size)
@@ -72,7 +73,8 @@ class DecoderDeployment:
 
     def __init__(self, config: ServeConfig, decoder_name: str):
         configure_logging()
-        engine = make_engine(config, decoders=[decoder_name], with_model=False)
+        placement = config.decoders[decoder_name].placement()
+        engine = make_engine(config, decoders=[decoder_name], with_model=False, placement=placement)
         self.engine = DecoderEngine(engine, decoder_name, RayMetrics())
         batching = config.decoders[decoder_name].batching
         self.batching = batching.enabled

@@ -77,8 +77,14 @@ def engine_routes(pipeline: Any) -> dict[str, str]:
     return {r: pipeline.system.table[r].decoder for r in pipeline.deployed_routes}
 
 
-def make_engine(config: ServeConfig, decoders: Sequence[str] | None = None, with_model: bool = True) -> Any:
-    """The Pipeline (slice) a process needs, from `engine_factory` or Pipeline.from_pretrained.
+def make_engine(
+    config: ServeConfig,
+    decoders: Sequence[str] | None = None,
+    with_model: bool = True,
+    placement: tuple[str, str] | None = None,
+) -> Any:
+    """The Pipeline (slice) a process needs, from `engine_factory` or Pipeline.from_pretrained, moved to
+    `placement` = (device, dtype) (DeploymentConfig.placement) when given; an engine without `.to` stays put.
 
     decoders=None loads every decoder; [] none. The routes that may fire are the configured
     ones, whatever this process loads. A preset name builds random weights: seeded, so the
@@ -97,7 +103,12 @@ def make_engine(config: ServeConfig, decoders: Sequence[str] | None = None, with
         if not attr:
             raise ValueError(f"engine_factory {config.engine_factory!r} must look like 'package.module:callable'")
         factory = getattr(importlib.import_module(module), attr)
-    engine = factory(config.model, decoders=None if decoders is None else list(decoders), with_model=with_model)
+    kwargs: dict[str, Any] = {"decoders": None if decoders is None else list(decoders), "with_model": with_model}
+    if placement is not None and config.engine_factory is None:
+        kwargs["device"], kwargs["dtype"] = placement  # loaded straight onto its device
+    engine = factory(config.model, **kwargs)
+    if placement is not None and config.engine_factory is not None and hasattr(engine, "to"):
+        engine.to(*placement)
     engine.deployed_routes = list(config.routes)
     return engine
 

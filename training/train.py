@@ -53,11 +53,11 @@ LOG = "train_log.jsonl"
 # ---- parameter groups and stages ----------------------------------------------------------------
 def group_of(name: str) -> str:
     """Which learning-rate group a parameter of SuperLinkSystem belongs to (by its checkpoint key)."""
-    if name.startswith("projectors.") or ".multi_modal_projector." in name:
+    if name.startswith(("projectors.", "model.image_tokenizer.")) or ".multi_modal_projector." in name:
         return "projectors"
     if name.startswith("decoders."):
         return "decoders"
-    if name.startswith("model.queries."):
+    if name.startswith(("model.queries.", "model.format_queries.")):
         return "queries"
     if name.startswith("model.region_encoder."):
         return "region"

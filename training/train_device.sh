@@ -29,10 +29,7 @@ EVAL_N=${EVAL_N:-200}
 RUN=/tmp/superlink_run
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source bench/device_wheels.sh --install  # the wheels the device image lacks, when carried in .whl/
 python3 - <<'PY'
 import torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),

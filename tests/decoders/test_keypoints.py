@@ -188,3 +188,23 @@ def test_pose_on_cuda_with_cpu_targets(decoder):
     out = dec(batch, make_targets())  # targets stay on the CPU
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.predictions[0][0].keypoints.shape == (K, 3)
+
+
+def test_pose_runs_on_the_pretrained_detector(tmp_path, tiny_config):
+    """[POSE] at real scale must see the loaded Grounding DINO, not a random detector of the same size."""
+    from decoders.detection import DetectionDecoder
+    from router.bindings import build_detector, build_keypoints
+    from router.pipeline import _pick_decoders, route_table
+
+    torch.manual_seed(5)
+    DetectionDecoder(tiny_config.decoders.detector).save_pretrained(tmp_path / "gd")
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.decoders.detector.pretrained = str(tmp_path / "gd")
+    det, pose = build_detector(cfg), build_keypoints(cfg)
+    assert pose.detector is not det
+    for (name, a), b in zip(det.model.state_dict().items(), pose.detector.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    cfg.decoders.keypoints.share_detector = True
+    table, builders = route_table(cfg, None, None)
+    built = _pick_decoders(cfg, table, builders, None)
+    assert built["keypoints"].detector is built["detector"]
