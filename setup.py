@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent
 # What a wheel needs at run time: the presets, and per shipped checkpoint its config, weights and README
 # (not its training logs or demo picture).
 SHIPPED = ["configs/*.yaml", "checkpoints/*/superlink.yaml", "checkpoints/*/heads.safetensors",
-           "checkpoints/*/README.md", "checkpoints/*/mllm/*"]
+           "checkpoints/*/README.md", "checkpoints/*/mllm/*",
+           "checkpoints/*/decoders/**/*"]  # decoders saved whole in their own format (router/pipeline.py DECODERS_DIR)
 
 
 class BuildPyWithShippedData(build_py):
