@@ -23,7 +23,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The browser test drives Debian's chromium through its chromedriver (selenium is in the dev extra).
 test-slow: install
+	command -v chromedriver >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium chromium-driver; } \
+		|| echo "warning: could not install chromium and chromium-driver; the browser test will be skipped"
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install

@@ -53,12 +53,12 @@ def request_body() -> dict[str, Any]:
     return {"images": [scene()], "instruction": "detect the stars", "options": OPTIONS}
 
 
-async def load(url: str, concurrency: int, n: int) -> dict[str, Any]:
+async def load(url: str, concurrency: int, n: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """n requests from `concurrency` workers in a closed loop; latency per request and throughput."""
     body, latencies, statuses = request_body(), [], []
     todo = iter(range(n))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             for _ in todo:

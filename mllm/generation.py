@@ -80,13 +80,15 @@ def generate(
     logits_hook: LogitsHook | None = None,
     constraints: Sequence[RowConstraint | None] | None = None,
     format_decoding: bool | None = None,
+    on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[Generation]:
     """Generate for every row of a processor batch (input_ids (B, T) left-padded, attention_mask, and
     optionally pixel_values, region_masks, region_image_index). `allowed_routes` None allows all routes;
     `constraints` (one per row, or None) keep a row's answer in its format (mllm.constraints, e.g. N-point
     polygons); `logits_hook` may edit the (B, V) logits of each step after them (tests force routes with it).
     `format_decoding` None reads native box answers from the format queries when the model has them (rows
-    under a constraint, e.g. polygons, always go token by token); False always decodes token by token."""
+    under a constraint, e.g. polygons, always go token by token); False always decodes token by token.
+    `on_step`, when given, sees every row's generated ids after each step (streaming; read, don't modify)."""
     check_options(max_new_tokens, do_sample, temperature, top_p)
     eos = model.token_ids.eos if eos_token_id is None else eos_token_id
     batch_size = batch["input_ids"].shape[0]
@@ -108,6 +110,8 @@ def generate(
         record_tokens(rows, next_ids.tolist(), route_of, eos, skip=formatted)
         if formatted:
             finish_from_slots(model, rows, formatted, slot_states, format_ids, eos)
+        if on_step is not None:
+            on_step([r.token_ids for r in rows])
         if all(r.finished for r in rows) or (step == max_new_tokens - 1 and not any_pending(rows)):
             break
         chunk = build_chunk(model, next_ids, rows)

@@ -28,6 +28,14 @@ class ImageError(ValueError):
     """An image could not be used; the message says what was wrong and what is accepted."""
 
 
+class TooManyPixels(ImageError):
+    """The image is larger than the pixel limit (whether found from its header or by Pillow's bomb check)."""
+
+    def __init__(self, message: str, size_text: str):
+        super().__init__(message)
+        self.size_text = size_text  # "W x H = N pixels" or "N pixels"
+
+
 def load_image(x: Any, max_pixels: int) -> Image.Image:
     """Any supported image -> RGB PIL image of the same size; raises ImageError."""
     if isinstance(x, Image.Image):
@@ -45,9 +53,10 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"image has zero size ({width}x{height}); both sides must be at least 1 pixel")
     if width * height > max_pixels:
-        raise ImageError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
-            "(config model.max_image_pixels); downscale it first"
+        size_text = f"{width}x{height} = {width * height} pixels"
+        raise TooManyPixels(
+            f"image is {size_text}; the limit is {max_pixels} (config model.max_image_pixels); downscale it first",
+            size_text,
         )
 
 
@@ -63,7 +72,7 @@ def _open_bytes(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as err:
         m = re.search(r"\((\d+) pixels\)", str(err))
         got = f"{m.group(1)} pixels" if m else "too many pixels"
-        raise ImageError(f"image is {got}; the limit is {max_pixels} (refused before decoding)") from None
+        raise TooManyPixels(f"image is {got}; the limit is {max_pixels} (refused before decoding)", got) from None
     except UnidentifiedImageError:
         raise ImageError(
             f"image bytes ({len(data)} bytes) are not a recognised image format; {ACCEPTED}"

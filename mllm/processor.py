@@ -1,8 +1,16 @@
 """The processor: images -> pixel values, instructions (+ answers) -> token ids and labels, region prompts -> masks.
 
-Chat template (Vicuna v1, as LLaVA-1.5 and VisionLLM v2 use):
+Chat template (Vicuna v1, as LLaVA-1.5 and VisionLLM v2 use), a Jinja `chat_template` on the
+tokenizer (CHAT_TEMPLATE, set at load time when a saved tokenizer has none) rendered by
+`apply_chat_template`; BOS is prepended as an id:
 
     <s>USER: <image>\\n{instruction} ASSISTANT: {answer}</s>
+
+Prompt safety: an instruction may not forge a turn or a special token. It is refused
+(ProcessorError) when it holds a role marker (`USER:` / `ASSISTANT:`, any case, after Unicode
+NFKC folding and with invisible characters removed) or any text the tokenizer would read as an
+added token other than `<image>` / `<region>` (`<loc_i>`, `<cls_i>`, `</s>`, `<s>`, `<pad>`,
+routing tokens, placeholders).
 
 `<image>` becomes `num_image_tokens` image tokens (one per patch by default) (the model masked_scatters one projected
 patch feature into each). `<region>` stays one token per region prompt (the region encoder
@@ -13,6 +21,8 @@ every row from its last real token.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +44,16 @@ from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary, cls_token, loc_tok
 
 IGNORE_INDEX = -100  # label of positions the LM loss skips (torch cross_entropy's default ignore_index)
 USER, ASSISTANT = "USER:", "ASSISTANT:"
+# The Vicuna turns as a Jinja chat template; renders exactly the string format the shipped model was trained on.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}USER: {{ m['content'] }} "
+    "{% elif m['role'] == 'assistant' %}ASSISTANT: {{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('roles are user and assistant, got ' + m['role']) }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+_ROLE_MARKER = re.compile(r"\b(user|assistant)\s*:", re.IGNORECASE)
 _REGION_KEYS = ("box", "point", "mask", "scribble")
 
 
@@ -58,6 +78,8 @@ class SuperLinkProcessor:
         self.image_size = config.vision.image_size
         self.num_image_tokens = config.num_image_tokens
         self._check_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):  # saved before templates were stored: same format
+            tokenizer.chat_template = CHAT_TEMPLATE
         ids = tokenizer.convert_tokens_to_ids
         self.image_token_id: int = ids(IMAGE_TOKEN)
         self.region_token_id: int = ids(REGION_TOKEN)
@@ -69,6 +91,10 @@ class SuperLinkProcessor:
         self._queries_by_route_id = {self.route_token_ids[r.name]: r for r in self.vocab.routes}
         self.loc_token_ids: list[int] = ids([loc_token(i) for i in range(self.vocab.location_bins)])
         self.cls_token_ids: list[int] = ids([cls_token(i) for i in range(self.vocab.class_slots)])
+        # every added token a user may not type: all but the <image>/<region> placeholders
+        self._reserved_ids = sorted(
+            set(tokenizer.added_tokens_decoder) - {self.image_token_id, self.region_token_id}
+        )
 
     def _check_tokenizer(self) -> None:
         known = self.tokenizer.get_vocab()
@@ -109,8 +135,10 @@ class SuperLinkProcessor:
                 f"instruction has {n} {IMAGE_TOKEN} placeholder(s) but {num_images} image(s) were given; "
                 f"use one {IMAGE_TOKEN} per image, or none to put all images first"
             )
-        prompt = f"{USER} {instruction} {ASSISTANT}"
-        return prompt if answer is None else f"{prompt} {answer}{self.tokenizer.eos_token}"
+        messages = [{"role": "user", "content": instruction}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
 
     def encode_row(self, instruction: str, num_images: int, answer: str | None = None) -> EncodedRow:
         """Token ids for one row: <image> expanded, routing tokens followed by placeholders; labels when answered."""
@@ -125,10 +153,27 @@ class SuperLinkProcessor:
         ans_ids, ans_labels = self._encode_answer(answer)
         return EncodedRow(prompt + ans_ids, [IGNORE_INDEX] * len(prompt) + ans_labels, len(prompt))
 
+    def check_instruction(self, instruction: str) -> None:
+        """Refuse (ProcessorError) user text that would forge a chat turn or a special token."""
+        folded = "".join(ch for ch in unicodedata.normalize("NFKC", instruction) if unicodedata.category(ch) != "Cf")
+        m = _ROLE_MARKER.search(folded)
+        if m:
+            raise ProcessorError(
+                f"instruction contains the role marker {m.group(0)!r}; the chat turns ({USER} ... {ASSISTANT}) are "
+                "added by the processor, so an instruction may not contain 'USER:' or 'ASSISTANT:' in any case; "
+                "reword it (e.g. drop the colon)"
+            )
+        for text in {instruction, folded}:
+            found = sorted(set(self._tokenize(text)) & set(self._reserved_ids))
+            if found:
+                names = ", ".join(self.tokenizer.convert_ids_to_tokens(found))
+                raise ProcessorError(
+                    f"instruction contains {names}; special tokens are reserved for the model (only {IMAGE_TOKEN} "
+                    f"and {REGION_TOKEN} placeholders may appear in an instruction)"
+                )
+
     def _encode_prompt(self, instruction: str, num_images: int) -> list[int]:
-        self._refuse_tokens(
-            instruction, "instruction", [*self.route_token_ids.values(), *self.placeholder_token_ids.values()]
-        )
+        self.check_instruction(instruction)
         if self.config.text.lowercase_instructions:  # after the check: "[DET]" must not slip through as "[det]"
             instruction = instruction.lower()
         ids = self._tokenize(self.build_prompt(instruction, num_images=num_images))
@@ -377,12 +422,54 @@ def _check_coords(xy: Sequence[float], n: int, size: tuple[int, int], what: str)
     return vals
 
 
+def rle_run_lengths(counts: str | bytes) -> list[int]:
+    """The run lengths of a COCO compressed RLE string (pycocotools' rleFrString format: each count in
+    5-bit groups as chars '0'+v, bit 0x20 = more groups follow, 0x10 of the last group = negative;
+    counts after the second are stored as differences from the one two places back)."""
+    text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+    runs: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                raise ProcessorError("region mask RLE counts end in the middle of a number")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ProcessorError(f"region mask RLE counts hold {text[p]!r}, outside the RLE alphabet '0'..'o'")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def _check_rle_counts(counts: str | bytes, size: list[Any]) -> None:
+    """The runs must be non-negative and cover exactly h * w pixels (else pycocotools leaves memory unset)."""
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ProcessorError(f"region mask RLE size {size} must be [h, w] with positive integers")
+    runs = rle_run_lengths(counts)
+    if any(r < 0 for r in runs):
+        raise ProcessorError("region mask RLE has a negative run length")
+    if sum(runs) != size[0] * size[1]:
+        raise ProcessorError(
+            f"region mask RLE runs cover {sum(runs)} pixels but the mask is {size[0]}x{size[1]} = {size[0] * size[1]}; "
+            "the counts must cover every pixel exactly once"
+        )
+
+
 def _mask_array(mask: Any, size: tuple[int, int]) -> torch.Tensor:
     """An (H, W) array/tensor or a COCO RLE dict {"size": [h, w], "counts": ...} -> (H, W) bool tensor."""
     if isinstance(mask, dict):
         from pycocotools import mask as mask_utils  # only region prompts sent as RLE need it
 
         counts = mask.get("counts")
+        if isinstance(counts, str | bytes):
+            _check_rle_counts(counts, list(mask.get("size", ())))
         rle = {
             "size": list(mask.get("size", ())),
             "counts": counts.encode() if isinstance(counts, str) else counts,

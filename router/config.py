@@ -10,9 +10,10 @@ from pydantic import Field, field_validator
 from decoders.config import DecodersConfig
 from mllm.config import MLLMConfig, StrictModel, load_yaml
 from mllm.devices import DtypeName
+from router.assets import config_dir
 
 PARAM_GROUPS = ("queries", "projectors", "decoders", "llm", "region")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = config_dir()  # configs/ of the checkout, or the copy a wheel carries (router/assets.py)
 
 
 class StageConfig(StrictModel):
@@ -101,5 +102,5 @@ def load_config(preset_or_path: str | Path) -> SuperLinkConfig:
     """A preset name from configs/ ("tiny") or a path to a YAML file."""
     p = Path(preset_or_path)
     if not p.suffix and not p.exists():
-        p = CONFIG_DIR / f"{preset_or_path}.yaml"
+        p = config_dir() / f"{preset_or_path}.yaml"
     return load_yaml(p, SuperLinkConfig)

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 
 from mllm.devices import resolve_device, resolve_dtype
+from router.assets import checkpoint_root
 from router.bindings import (
     PROJECTORS,
     BindingTable,
@@ -52,6 +53,7 @@ from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
 from router.schemas import Options, Request, Response
 from router.stages import (
+    GENERATED_TEXT_SINK,
     DecoderCall,
     DecoderResult,
     GenerationResult,
@@ -472,6 +474,7 @@ def run_generation(
     from mllm.generation import generate
     from mllm.localize import LocalizeRequest
 
+    sink = GENERATED_TEXT_SINK.get()
     out: list[Any] = [None] * len(prepared)
     for group in generation_groups(prepared):
         rows = [prepared[i] for i in group]
@@ -488,15 +491,31 @@ def run_generation(
         constraints = [
             processor.decoding_constraint(LocalizeRequest(p.localize, p.polygon_points), len(p.classes)) for p in rows
         ]
+        on_step = None if sink is None else _text_streamer(model, [p.index for p in rows], sink)
         gens = generate(
             model, batch, max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature,
             top_p=o.top_p, seeds=[p.options.seed for p in rows], logits_hook=route_ban_hook(model, allowed, logits_hook),
             constraints=constraints if any(c is not None for c in constraints) else None,
-            format_decoding=format_decoding,
+            format_decoding=format_decoding, on_step=on_step,
         )  # fmt: skip
         for i, g in zip(group, gens, strict=True):
             out[i] = g
     return out
+
+
+def _text_streamer(model: Any, indices: Sequence[int], sink: Callable[[int, str], None]) -> Callable[[list[list[int]]], None]:
+    """An on_step callback that hands `sink` each row's text (as GenerationResult.text spells it) when it grows."""
+    from mllm.generation import decode_text
+
+    lengths = [0] * len(indices)
+
+    def on_step(ids: list[list[int]]) -> None:
+        for r, row in enumerate(ids):
+            if len(row) != lengths[r]:
+                lengths[r] = len(row)
+                sink(indices[r], decode_text(model, row))
+
+    return on_step
 
 
 # ---- building, saving, loading -----------------------------------------------------------------
@@ -504,14 +523,14 @@ SYSTEM_CONFIG = "superlink.yaml"
 MLLM_DIR = "mllm"
 HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.* (those not saved whole under decoders/)
 DECODERS_DIR = "decoders"  # decoders/<name>/: a decoder loaded from a pretrained folder, saved in its own format
-CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"  # trained presets shipped with the repo
+CHECKPOINT_ROOT = checkpoint_root()  # trained presets shipped with the repo (or the wheel's copy: router/assets.py)
 
 
 def shipped_checkpoint(name: str) -> Path | None:
     """checkpoints/<name>/ when a trained model of that preset name is shipped there, else None."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
-    path = CHECKPOINT_ROOT / name
+    path = checkpoint_root() / name
     return path if (path / SYSTEM_CONFIG).is_file() else None
 
 

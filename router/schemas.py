@@ -39,6 +39,15 @@ class SchemaModel(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
+class InputModel(SchemaModel):
+    """What a client sends: unknown keys, NaN and infinities are refused."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
+
+
+MAX_SEED = 2**32 - 1  # the range every generator accepts (numpy's RandomState is the narrowest)
+
+
 def _image_bytes(value: Any, info: ValidationInfo) -> bytes:
     if isinstance(value, Image.Image):
         buf = io.BytesIO()
@@ -58,6 +67,7 @@ def _image_bytes(value: Any, info: ValidationInfo) -> bytes:
         return path.read_bytes()
     if isinstance(value, str):
         data = value.split(",", 1)[1] if value.startswith("data:") else value
+        data = "".join(data.split())  # line breaks and spaces, as `base64` (76-column lines) writes them
         try:
             return base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
@@ -75,14 +85,14 @@ ImageData = Annotated[
 ]
 
 
-class RLE(SchemaModel):
+class RLE(InputModel):
     """COCO run-length encoding (column-major), `counts` as the compressed string."""
 
-    size: tuple[int, int]  # (height, width)
-    counts: str
+    size: tuple[Annotated[int, Field(ge=1, le=65536)], Annotated[int, Field(ge=1, le=65536)]]  # (height, width)
+    counts: str = Field(max_length=1_000_000)
 
 
-class Scribble(SchemaModel):
+class Scribble(InputModel):
     """One or more polylines drawn with a pen `width` px wide; a one-point polyline is a dot."""
 
     lines: list[list[tuple[float, float]]] = Field(
@@ -99,11 +109,11 @@ class Scribble(SchemaModel):
         return self
 
 
-class RegionPrompt(SchemaModel):
+class RegionPrompt(InputModel):
     """A visual prompt: one of mask, box, point or scribble on image `image`; fills the n-th <region> in the
     instruction."""
 
-    image: int = Field(0, ge=0)
+    image: int = Field(0, ge=0, le=7)
     box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in pixels
     point: tuple[float, float] | None = None  # x, y in pixels
     mask: RLE | None = None
@@ -119,12 +129,14 @@ class RegionPrompt(SchemaModel):
         return self
 
 
-class Options(SchemaModel):
+class Options(InputModel):
+    """Decoding options; every number has a range (out of range -> 422 naming the field and its bounds)."""
+
     max_new_tokens: int = Field(128, ge=1, le=2048)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=f"0..{MAX_SEED}; the same seed gives the same answer")
     score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     steps: int | None = Field(None, ge=1, le=200, description="diffusion steps for [GEN]/[EDIT]")
     guidance_scale: float | None = Field(None, ge=1.0, le=30.0)
@@ -133,11 +145,16 @@ class Options(SchemaModel):
     timeout_s: float | None = Field(None, gt=0.0, le=600.0)
 
 
-class Request(SchemaModel):
+class Request(InputModel):
     images: list[ImageData] = Field(default_factory=list, max_length=8)
     instruction: str = Field(min_length=1, max_length=4000)
     regions: list[RegionPrompt] = Field(default_factory=list, max_length=16)
     options: Options = Field(default_factory=Options)
+    stream: bool = Field(
+        False,
+        description="over HTTP: answer as server-sent events (text, then each decoder's part as it finishes, "
+        "then the whole Response); ignored in-process",
+    )
 
     @field_validator("images", mode="before")
     @classmethod
@@ -222,3 +239,4 @@ class Response(SchemaModel):
     images: list[GeneratedImage] = Field(default_factory=list)
     errors: list[PartError] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)  # per stage: preprocess, generate, DET, ...
+    request_id: str | None = None  # set by the HTTP service (also in the X-Request-ID header)

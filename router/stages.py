@@ -13,11 +13,19 @@ is numpy arrays, dataclasses and pydantic models: never torch tensors or modules
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from router.schemas import Item, Options, PartError
+
+# The answer text as it is generated: a caller that wants it (services/streaming.py) sets a callback here for
+# its own context; Pipeline.generate then calls it after every step with (Prepared.index, text so far). A
+# context variable, not pipeline state, so concurrent callers never see each other's text; it does not cross
+# process boundaries (a Ray MLLM deployment streams nothing token by token) and costs nothing when unset.
+GENERATED_TEXT_SINK: ContextVar[Callable[[int, str], None] | None] = ContextVar("generated_text_sink", default=None)
 
 
 class RequestError(ValueError):

@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from mllm.config import ConfigError
+from router.assets import config_dir
 from services.config import ServeConfig, load_serve_config
 
-DEFAULT_SERVE_YAML = Path(__file__).resolve().parent.parent / "configs" / "serve.yaml"
+DEFAULT_SERVE_YAML = config_dir() / "serve.yaml"
 IMPORT_PATH = "services.app:build_app"
 
 
@@ -82,9 +83,11 @@ def serve_local(config_path: Path | None = None) -> None:
 
     from services.engines import make_engine
     from services.http import create_app
+    from services.observability import configure_logging
 
+    configure_logging()  # JSON lines with the request id; the app logs one access line per request
     spec = load_serve_file(config_path or DEFAULT_SERVE_YAML)
     decoders = spec.config.decoder_names
     app = create_app(make_engine(spec.config, decoders=decoders, with_model=True), spec.config.http)
     host, port = spec.http_options.get("host", spec.config.http.host), spec.http_options.get("port", spec.config.http.port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

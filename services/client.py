@@ -2,6 +2,9 @@
 
     with SuperLinkClient("http://127.0.0.1:8000") as sl:
         resp = sl.tasks("detect the red circles", images=[Path("scene.png")])
+        for ev in sl.stream("detect the circles, draw a square", images=[png]):   # server-sent events
+            print(ev.event, ev.data)            # generating (in-process server), text, part (one per decoder), response
+        resp = ev.response                      # the whole Response, from the last event
         resp = sl.tasks("What is in <region>?", images=[Path("scene.png")],
                         regions=[scribble_region([[(10, 12), (30, 40), (52, 41)]], width=6)])
         resp = sl.tasks("Outline each star with a 12-point polygon.", images=[Path("scene.png")])
@@ -11,11 +14,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 from PIL import Image
 
 from router.schemas import Options, RegionPrompt, Request, Response
@@ -87,6 +92,30 @@ def _response(resp: httpx.Response) -> Response:
     return Response.model_validate(_check(resp).json())
 
 
+@dataclass
+class StreamEvent:
+    """One server-sent event of a streamed request: `generating`, `text`, `part` or `response` (services/streaming.py)."""
+
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def response(self) -> Response | None:
+        """The whole Response, on the last (`response`) event; None on the others."""
+        return Response.model_validate(self.data) if self.event == "response" else None
+
+
+def _stream_event(sse: ServerSentEvent) -> StreamEvent:
+    data = sse.json()
+    if sse.event == "error":
+        raise SuperLinkHTTPError(int(data.get("status", 500)), str(data.get("detail", data)))
+    return StreamEvent(sse.event, data)
+
+
+def _stream_kwargs(request: Request, multipart: bool) -> dict[str, Any]:
+    return _request_kwargs(request.model_copy(update={"stream": True}), multipart)
+
+
 def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -107,6 +136,24 @@ class SuperLinkClient:
     ) -> Response:
         request = build_request(request_or_instruction, images, regions, options)
         return _response(self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
+
+    def stream(
+        self,
+        request_or_instruction: Request | str,
+        images: Sequence[ImageInput] = (),
+        regions: Sequence[RegionPrompt | dict] = (),
+        options: Options | dict | None = None,
+        multipart: bool = False,
+    ) -> Iterator[StreamEvent]:
+        """The request streamed: events as they arrive; the last one's `.response` is the whole Response.
+        A refused request raises SuperLinkHTTPError before the first event, as `tasks` does."""
+        request = build_request(request_or_instruction, images, regions, options)
+        with connect_sse(self._http, "POST", "/v1/tasks", **_stream_kwargs(request, multipart)) as source:
+            if source.response.status_code >= 400:
+                source.response.read()
+                _check(source.response)
+            for sse in source.iter_sse():
+                yield _stream_event(sse)
 
     def routes(self) -> dict[str, Any]:
         return _check(self._http.get("/v1/routes")).json()
@@ -140,6 +187,23 @@ class AsyncSuperLinkClient:
     ) -> Response:
         request = build_request(request_or_instruction, images, regions, options)
         return _response(await self._http.post("/v1/tasks", **_request_kwargs(request, multipart)))
+
+    async def stream(
+        self,
+        request_or_instruction: Request | str,
+        images: Sequence[ImageInput] = (),
+        regions: Sequence[RegionPrompt | dict] = (),
+        options: Options | dict | None = None,
+        multipart: bool = False,
+    ) -> AsyncIterator[StreamEvent]:
+        """As SuperLinkClient.stream, for `async for`."""
+        request = build_request(request_or_instruction, images, regions, options)
+        async with aconnect_sse(self._http, "POST", "/v1/tasks", **_stream_kwargs(request, multipart)) as source:
+            if source.response.status_code >= 400:
+                await source.response.aread()
+                _check(source.response)
+            async for sse in source.aiter_sse():
+                yield _stream_event(sse)
 
     async def routes(self) -> dict[str, Any]:
         return _check(await self._http.get("/v1/routes")).json()

@@ -115,6 +115,7 @@ class HTTPConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="request line + headers, in all")
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     request_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     auth_token: str | None = Field(None, description=f"bearer token; falls back to env {TOKEN_ENV}")

@@ -11,6 +11,7 @@ decoders, a decoder deployment loads only its decoder, the ingress loads neither
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from ray import serve
@@ -24,11 +25,14 @@ from services.engines import (
     MLLMEngine,
     Planned,
     Rejected,
+    batch_cancellable,
     engine_routes,
+    in_thread_cancellable,
     make_engine,
     not_deployed,
 )
 from services.http import create_app
+from services.observability import RayMetrics, configure_logging
 
 
 @serve.deployment(name="mllm")
@@ -36,20 +40,27 @@ class MLLMDeployment:
     """prepare + generate + plan; concurrent callers share one batched generate."""
 
     def __init__(self, config: ServeConfig):
-        self.engine = MLLMEngine(make_engine(config, decoders=[], with_model=True, placement=config.mllm.placement()))
+        configure_logging()
+        engine = make_engine(config, decoders=[], with_model=True, placement=config.mllm.placement())
+        self.engine = MLLMEngine(engine, RayMetrics())
         batching = config.mllm.batching
         self.batching = batching.enabled
         self.front_batched.set_max_batch_size(batching.max_batch_size)
         self.front_batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def front(self, requests: list[Request]) -> Planned | Rejected:
-        if self.batching:
-            return await self.front_batched(requests)
-        return await asyncio.to_thread(self.engine.front, requests)
+        if not self.batching:
+            return await in_thread_cancellable(self.engine.front, requests)
+        gave_up = threading.Event()  # set when this caller is cancelled (its timeout passed)
+        try:
+            return await self.front_batched(requests, gave_up)
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def front_batched(self, callers: list[list[Request]]) -> list[Planned | Rejected]:
-        return await asyncio.to_thread(self.engine.front_batch, callers)
+    async def front_batched(self, callers: list[list[Request]], gave_up: list[threading.Event]) -> list[Planned | Rejected]:
+        return await batch_cancellable(self.engine.front_batch, callers, gave_up)
 
     def check_health(self) -> None:
         if self.engine.pipeline.system.model is None:
@@ -61,22 +72,28 @@ class DecoderDeployment:
     """One decoder; `__call__` batches calls from many ingress requests into one decoder run."""
 
     def __init__(self, config: ServeConfig, decoder_name: str):
+        configure_logging()
         placement = config.decoders[decoder_name].placement()
         engine = make_engine(config, decoders=[decoder_name], with_model=False, placement=placement)
-        self.engine = DecoderEngine(engine, decoder_name)
+        self.engine = DecoderEngine(engine, decoder_name, RayMetrics())
         batching = config.decoders[decoder_name].batching
         self.batching = batching.enabled
         self.run_batched.set_max_batch_size(batching.max_batch_size)
         self.run_batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def __call__(self, calls: list[DecoderCall]) -> list[DecoderResult]:
-        if self.batching:
-            return await self.run_batched(calls)
-        return (await asyncio.to_thread(self.engine.run_batch, [calls]))[0]
+        if not self.batching:
+            return (await in_thread_cancellable(self.engine.run_batch, [calls]))[0]
+        gave_up = threading.Event()  # a batch stops early only when every caller in it gave up
+        try:
+            return await self.run_batched(calls, gave_up)
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_batched(self, call_lists: list[list[DecoderCall]]) -> list[list[DecoderResult]]:
-        return await asyncio.to_thread(self.engine.run_batch, call_lists)
+    async def run_batched(self, call_lists: list[list[DecoderCall]], gave_up: list[threading.Event]) -> list[list[DecoderResult]]:
+        return await batch_cancellable(self.engine.run_batch, call_lists, gave_up)
 
     def stats(self) -> dict[str, Any]:
         return {**self.engine.stats(), "batching": self.batching}
@@ -118,11 +135,12 @@ class IngressDeployment:
     """The HTTP entry point: the FastAPI app of services/http.py over a RayBackend."""
 
     def __init__(self, config: ServeConfig, mllm: DeploymentHandle, decoders: dict[str, DeploymentHandle]):
+        configure_logging()
         self.config = config
         self.backend = RayBackend(make_engine(config, decoders=[], with_model=False), mllm, decoders)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.backend, self.config.http)
+        return create_app(self.backend, self.config.http, metrics=RayMetrics(), behind_ray_proxy=True)
 
     def check_health(self) -> None:
         if not self.backend.routes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import io
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -23,11 +23,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from PIL import Image, UnidentifiedImageError
-
+from mllm.images import ImageError, TooManyPixels, load_image
 from router.schemas import Request, Response
 from router.stages import Prepared, RequestError, failed
+from services.cancel import AllSet, Flag, cancellable
 from services.config import HTTPConfig, ServeConfig
+from services.limits import public_error
+from services.observability import NullMetrics, current_request_id
+
+log = logging.getLogger("superlink")
 
 
 class ServiceError(Exception):
@@ -47,6 +51,18 @@ class Planned:
     generations: list[Any]
     plan: dict[str, list[Any]]  # decoder name -> calls
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One request's time: `limit` seconds, ending at `deadline` (time.monotonic); `t0` for the total timing."""
+
+    limit: float
+    deadline: float
+    t0: float
+
+    def remaining(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
 
 
 @dataclass
@@ -114,23 +130,40 @@ def _ms(t0: float) -> float:
 class MLLMEngine:
     """The MLLM-side stages of one Pipeline; one generate at a time (the model is one device's worth)."""
 
-    def __init__(self, pipeline: Any):
+    def __init__(self, pipeline: Any, metrics: NullMetrics | None = None):
         self.pipeline = pipeline
         self.routes = engine_routes(pipeline)
+        self.metrics = metrics or NullMetrics()
         self._lock = threading.Lock()
 
-    def front(self, requests: list[Request]) -> Planned | Rejected:
+    def front(self, requests: list[Request], cancel: Flag | None = None) -> Planned | Rejected:
         """prepare -> generate -> plan for one caller's requests; a bad request becomes Rejected."""
-        return self.front_batch([requests])[0]
+        return self.front_batch([requests], cancel)[0]
 
-    def front_batch(self, callers: list[list[Request]]) -> list[Planned | Rejected]:
+    def front_batch(self, callers: list[list[Request]], cancel: Flag | None = None) -> list[Planned | Rejected]:
         """Many callers' requests through ONE batched generate; each caller gets back its own part.
 
         Requests are renumbered across the batch (Prepared.index) so that generations and
         decoder calls can be split back by index; a rejected caller does not hold up the others.
+        Setting `cancel` stops the call (Cancelled) at its next module forward, lock released.
         """
-        with self._lock:
-            return self._front_isolating(callers)
+        self.metrics.add("superlink_queue_depth", len(callers), stage="mllm")
+        try:
+            with self._lock, cancellable(cancel):
+                out = self._front_isolating(callers)
+        finally:
+            self.metrics.add("superlink_queue_depth", -len(callers), stage="mllm")
+        self.metrics.observe("superlink_batch_size", len(callers), stage="mllm")
+        self.metrics.inc("superlink_generated_tokens_total", float(sum(self._tokens(p) for p in out)))
+        return out
+
+    def _tokens(self, part: Planned | Rejected) -> int:
+        """Tokens generated for one caller (the tokenizer's count of the answer text, words without one)."""
+        if isinstance(part, Rejected):
+            return 0
+        processor = getattr(self.pipeline, "processor", None)
+        count = (lambda t: len(processor.tokenizer(t, add_special_tokens=False)["input_ids"])) if processor else (lambda t: len(t.split()))
+        return sum(count(g.text) for g in part.generations)
 
     def _front_isolating(self, callers: list[list[Request]]) -> list[Planned | Rejected]:
         """generate itself may reject (e.g. a prompt too long); then retry callers one by one."""
@@ -165,28 +198,50 @@ class MLLMEngine:
         return self.pipeline.assemble(planned.prepared, planned.generations, results, timings)
 
 
+def _distinct_requests(call_lists: list[list[Any]]) -> list[Any]:
+    """Every caller's calls in one list, renumbered so that no two callers share a request index.
+
+    Each caller numbered its requests within its own MLLM batch, so two callers' calls can both say
+    request 0; the decoder groups calls by request (one image per request), and would otherwise run
+    one caller's phrases on the other's image.
+    """
+    ids: dict[tuple[int, int], int] = {}
+    return [replace(c, request=ids.setdefault((k, c.request), len(ids))) for k, calls in enumerate(call_lists) for c in calls]
+
+
 class DecoderEngine:
     """One decoder. `run_batch` is the batched part: many callers, one decoder call (one at a time)."""
 
-    def __init__(self, pipeline: Any, decoder_name: str):
+    def __init__(self, pipeline: Any, decoder_name: str, metrics: NullMetrics | None = None):
         self.pipeline = pipeline
         self.name = decoder_name
+        self.metrics = metrics or NullMetrics()
         self._lock = threading.Lock()
         self.batches = 0  # decoder runs
         self.max_batch = 0  # most callers served by one run
         self.calls_total = 0
 
-    def run_batch(self, call_lists: list[list[Any]]) -> list[list[Any]]:
-        """Flatten every caller's calls into one run_decoder call and split the results back."""
-        flat = [c for calls in call_lists for c in calls]
-        with self._lock:
-            results = list(self.pipeline.run_decoder(self.name, flat)) if flat else []
+    def run_batch(self, call_lists: list[list[Any]], cancel: Flag | None = None) -> list[list[Any]]:
+        """Flatten every caller's calls into one run_decoder call and split the results back.
+
+        Setting `cancel` (every caller gave up) skips the run, or stops it at its next module
+        forward (Cancelled), so an abandoned call never holds the decoder from later callers.
+        """
+        flat = _distinct_requests(call_lists)
+        stage = f"decoder:{self.name}"
+        self.metrics.add("superlink_queue_depth", len(call_lists), stage=stage)
+        try:
+            with self._lock, cancellable(cancel):
+                results = list(self.pipeline.run_decoder(self.name, flat)) if flat else []
+        finally:
+            self.metrics.add("superlink_queue_depth", -len(call_lists), stage=stage)
+        self.metrics.observe("superlink_batch_size", len(call_lists), stage=stage)
         if len(results) != len(flat):
             raise RuntimeError(f"decoder {self.name} returned {len(results)} results for {len(flat)} calls")
         self._record(len(call_lists), len(flat))
         out, start = [], 0
-        for calls in call_lists:
-            out.append(results[start : start + len(calls)])
+        for calls in call_lists:  # results are aligned with the calls; give each back its caller's request index
+            out.append([replace(r, request=c.request) for c, r in zip(calls, results[start : start + len(calls)], strict=True)])
             start += len(calls)
         return out
 
@@ -219,17 +274,17 @@ class LocalBackend:
     different decoders still run concurrently.
     """
 
-    def __init__(self, pipeline: Any):
-        self.mllm = MLLMEngine(pipeline)
-        self.decoders = {n: DecoderEngine(pipeline, n) for n in dict.fromkeys(self.mllm.routes.values())}
+    def __init__(self, pipeline: Any, metrics: NullMetrics | None = None):
+        self.mllm = MLLMEngine(pipeline, metrics)
+        self.decoders = {n: DecoderEngine(pipeline, n, metrics) for n in dict.fromkeys(self.mllm.routes.values())}
 
     async def front(self, requests: list[Request]) -> Planned | Rejected:
-        return await asyncio.to_thread(self.mllm.front, requests)
+        return await in_thread_cancellable(self.mllm.front, requests)
 
     async def run_decoder(self, name: str, calls: list[Any]) -> list[Any]:
         if name not in self.decoders:
             return not_deployed(name, calls, self.decoders)
-        return (await asyncio.to_thread(self.decoders[name].run_batch, [calls]))[0]
+        return (await in_thread_cancellable(self.decoders[name].run_batch, [calls]))[0]
 
     async def assemble(self, planned: Planned, results: dict[str, list[Any]], timings: dict[str, float]) -> list[Response]:
         return await asyncio.to_thread(self.mllm.assemble, planned, results, timings)
@@ -242,6 +297,22 @@ class LocalBackend:
         }
 
 
+async def in_thread_cancellable(fn: Any, *args: Any) -> Any:
+    """`fn(*args, cancel)` in a worker thread; when the awaiting task is cancelled (its timeout passed),
+    the event is set so the thread stops at its next check instead of running on holding a lock."""
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(fn, *args, cancel)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+
+
+async def batch_cancellable(fn: Any, batch: list[Any], events: list[threading.Event]) -> Any:
+    """`fn(batch, AllSet(events))` in a worker thread: the run stops only when every caller gave up."""
+    return await asyncio.to_thread(fn, batch, AllSet(events))
+
+
 def not_deployed(name: str, calls: list[Any], deployed: dict[str, Any]) -> list[Any]:
     """Results for calls bound to a decoder this service does not run."""
     msg = f"decoder {name!r} is not deployed; deployed decoders: {sorted(deployed)}"
@@ -249,47 +320,57 @@ def not_deployed(name: str, calls: list[Any], deployed: dict[str, Any]) -> list[
 
 
 def check_images(request: Request, max_pixels: int) -> None:
-    """Every image decodes and is within the pixel limit (header read + verify, no full decode)."""
+    """Every image decodes fully (mllm.images.load_image, size checked before decoding).
+
+    One status per kind of fault, whatever the image: over the pixel limit 422, not decodable 400.
+    """
     for k, data in enumerate(request.images):
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise ServiceError(400, f"images[{k}] is not a readable image ({err}); send PNG, JPEG, WebP, BMP or GIF") from None
-        if w * h > max_pixels:
-            raise ServiceError(422, f"images[{k}] has {w}x{h}={w * h} pixels; the limit is {max_pixels}")
+            load_image(data, max_pixels)
+        except TooManyPixels as err:
+            msg = f"images[{k}] is {err.size_text}; the limit is {max_pixels} pixels (http.max_image_pixels); downscale it"
+            raise ServiceError(422, msg) from None
+        except ImageError as err:
+            raise ServiceError(400, f"images[{k}] is not a readable image: {err}") from None
 
 
 class IngressLogic:
     """HTTP-independent request handling over a Backend."""
 
-    def __init__(self, backend: Backend, http: HTTPConfig | None = None):
+    def __init__(self, backend: Backend, http: HTTPConfig | None = None, metrics: NullMetrics | None = None):
         self.backend = backend
         self.http = http or HTTPConfig()
+        self.metrics = metrics or NullMetrics()
+
+    async def admit(self, request: Request) -> Budget:
+        """Check the request's images (400/422 before any model work) and start its time budget:
+        options.timeout_s capped by the server's request_timeout_s. Plain and streamed requests share it."""
+        await asyncio.to_thread(check_images, request, self.http.max_image_pixels)
+        limit = min(request.options.timeout_s or self.http.request_timeout_s, self.http.request_timeout_s)
+        return Budget(limit=limit, deadline=time.monotonic() + limit, t0=time.perf_counter())
 
     async def handle(self, request: Request) -> Response:
         """One request end to end, within its timeout (options.timeout_s capped by the server's)."""
-        check_images(request, self.http.max_image_pixels)
-        limit = min(request.options.timeout_s or self.http.request_timeout_s, self.http.request_timeout_s)
-        deadline = time.monotonic() + limit
-        t0 = time.perf_counter()
-        planned = await self._front(request, deadline, limit)
-        results, timings = await self._decoders(planned, deadline)
+        budget = await self.admit(request)
+        planned = await self._front(request, budget)
+        results, timings = await self._decoders(planned, budget.deadline)
         timings = {**planned.timings, **timings}
         response = (await self.backend.assemble(planned, results, timings))[0]
-        response.timings_ms["total"] = _ms(t0)
+        response.timings_ms["total"] = _ms(budget.t0)
         return response
 
-    async def _front(self, request: Request, deadline: float, limit: float) -> Planned:
+    async def _front(self, request: Request, budget: Budget) -> Planned:
+        """The MLLM stage within the budget; on timeout the backend call is cancelled (its worker stops)."""
         try:
-            out = await asyncio.wait_for(self.backend.front([request]), max(deadline - time.monotonic(), 0.0))
+            out = await asyncio.wait_for(self.backend.front([request]), budget.remaining())
         except TimeoutError:
-            raise ServiceError(503, f"the model did not answer within the {limit:g} s request timeout") from None
+            raise ServiceError(503, f"the model did not answer within the {budget.limit:g} s request timeout") from None
         except ServiceError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure of the MLLM stage means nothing can be answered
-            raise ServiceError(503, f"the model stage failed: {type(err).__name__}: {err}") from None
+            log.error("model stage failed", exc_info=err)  # the traceback goes to the log, with the request id
+            rid = current_request_id()
+            raise ServiceError(503, f"the model stage failed ({public_error(err)}); request id {rid}") from None
         if isinstance(out, Rejected):
             raise ServiceError(422, out.message)
         return out
@@ -311,6 +392,12 @@ class IngressLogic:
         except TimeoutError:
             results = [failed(c, "timeout", f"decoder {name} did not answer before the request timeout") for c in calls]
         except Exception as err:  # noqa: BLE001 - one decoder's failure must not take the response down
-            msg = f"decoder {name} failed: {type(err).__name__}: {err}"
+            log.error("decoder failed", extra={"decoder": name}, exc_info=err)
+            msg = f"decoder {name} failed ({public_error(err)}); request id {current_request_id()}"
             results = [failed(c, "decoder_failed", msg) for c in calls]
+        self.metrics.inc("superlink_decoder_calls_total", float(len(calls)), decoder=name)
+        self.metrics.observe("superlink_decoder_latency_seconds", time.perf_counter() - t0, decoder=name)
+        for r in results:
+            if getattr(r, "error", None) is not None:
+                self.metrics.inc("superlink_decoder_errors_total", decoder=name, kind=r.error.kind)
         return results, _ms(t0)

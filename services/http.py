@@ -4,7 +4,9 @@ over an in-process Pipeline (`create_app(pipeline)` + uvicorn).
     POST /v1/tasks    JSON Request (images as base64) or multipart (`file` parts + `request` JSON field)
     GET  /v1/routes   deployed routes, decoders and their batch statistics
     GET  /healthz     liveness
+    GET  /metrics     Prometheus metrics (in-process server; under Ray, Ray's metrics agent exports them)
     GET  /docs        OpenAPI UI
+    GET  /            the web page (services/web/)
 
 The server never fetches URLs or reads client-given paths: Request validation without an
 image_root rejects {"path": ...} images.
@@ -12,7 +14,6 @@ image_root rejects {"path": ...} images.
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
 import threading
@@ -23,13 +24,23 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse
+from fastapi.responses import Response as PlainResponse
 from pydantic import ValidationError
 from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartParser
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.schemas import Request, Response
 from services.config import HTTPConfig
 from services.engines import Backend, IngressLogic, LocalBackend, ServiceError
+from services.limits import BodyError, HeaderLimitMiddleware, StrictMultiPartParser, parse_json_body
+from services.observability import (
+    NullMetrics,
+    PrometheusMetrics,
+    RequestContextMiddleware,
+    current_request_id,
+)
+from services.streaming import SSE_RESPONSES, stream_response
+from services.web import mount_web
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -42,10 +53,11 @@ _MULTIPART_SCHEMA = {
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "body is not valid JSON/multipart, or an image cannot be decoded"},
+    400: {"description": "body is not valid JSON/multipart (or too deeply nested), or an image cannot be decoded"},
     401: {"description": "missing or wrong bearer token (when auth is on)"},
     413: {"description": "request body over the size limit"},
     415: {"description": "content type other than application/json or multipart/form-data"},
+    431: {"description": "request headers over the size limit"},
     422: {"description": "invalid request: empty/long instruction, bad region, too many pixels, route not deployed"},
     503: {"description": "nothing could be answered: the model stage failed or timed out"},
 }
@@ -88,8 +100,8 @@ def _validation_message(err: ValidationError) -> str:
 def parse_json_request(body: bytes, extra_images: list[bytes] = ()) -> Request:
     """Validate a JSON body as Request (no image_root: paths are refused); uploaded files come first."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = parse_json_body(body)
+    except BodyError as err:
         raise ServiceError(400, f"request body is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ServiceError(422, f"request body must be a JSON object, got {type(data).__name__}")
@@ -107,7 +119,7 @@ async def parse_multipart(headers: Headers, body: bytes) -> Request:
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body  # already read and size-checked
 
-    parser = MultiPartParser(headers, stream(), max_files=16, max_fields=16, max_part_size=len(body) + 1)
+    parser = StrictMultiPartParser(headers, stream(), max_files=16, max_fields=16, max_part_size=len(body) + 1)
     try:
         form = await parser.parse()
     except Exception as err:  # noqa: BLE001 - a malformed multipart body is the client's error
@@ -129,17 +141,38 @@ def _check_auth(http_request: HTTPRequest, token: str | None) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def create_app(engine: Any, http: HTTPConfig | None = None) -> FastAPI:
-    """The FastAPI app over a Backend, or over an in-process Pipeline (wrapped in LocalBackend)."""
+def create_app(
+    engine: Any, http: HTTPConfig | None = None, metrics: NullMetrics | None = None, behind_ray_proxy: bool = False
+) -> FastAPI:
+    """The FastAPI app over a Backend, or over an in-process Pipeline (wrapped in LocalBackend).
+
+    metrics: where request/decoder metrics go; default a fresh prometheus_client registry served on /metrics.
+    behind_ray_proxy: Ray Serve's proxy assigns the request id and echoes it (see RequestContextMiddleware).
+    """
     http = http or HTTPConfig()
-    backend: Backend = engine if isinstance(engine, Backend) else LocalBackend(engine)
-    logic = IngressLogic(backend, http)
+    metrics = metrics if metrics is not None else PrometheusMetrics()
+    backend: Backend = engine if isinstance(engine, Backend) else LocalBackend(engine, metrics)
+    logic = IngressLogic(backend, http, metrics)
     token = http.resolved_token()
     app = FastAPI(title="SuperLink", version="0.1.0", description="One multimodal LLM routing link states to task decoders.")
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, behind_ray_proxy=behind_ray_proxy)
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=http.max_header_bytes)  # outermost: refuses first
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: HTTPRequest, err: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": err.message}, status_code=err.status)
+        return JSONResponse({"detail": err.message, "request_id": current_request_id()}, status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: HTTPRequest, err: StarletteHTTPException) -> JSONResponse:
+        body = {"detail": err.detail, "request_id": current_request_id()}
+        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> PlainResponse:
+        if not hasattr(metrics, "exposition"):
+            raise ServiceError(404, "metrics are exported by Ray's metrics agent (ray metrics port), not by this app")
+        data, content_type = metrics.exposition()
+        return PlainResponse(data, media_type=content_type)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -150,9 +183,10 @@ def create_app(engine: Any, http: HTTPConfig | None = None) -> FastAPI:
         _check_auth(http_request, token)
         return await backend.describe()
 
-    @app.post("/v1/tasks", response_model=Response, responses=_ERRORS, openapi_extra=_openapi_body())
-    async def tasks(http_request: HTTPRequest) -> Response:
-        """Run one request; a failed decoder part comes back as an entry in `errors`, with status 200."""
+    @app.post("/v1/tasks", response_model=Response, responses={**SSE_RESPONSES, **_ERRORS}, openapi_extra=_openapi_body())
+    async def tasks(http_request: HTTPRequest) -> Any:
+        """Run one request; a failed decoder part comes back as an entry in `errors`, with status 200.
+        With `"stream": true` the answer is server-sent events (services/streaming.py)."""
         _check_auth(http_request, token)
         body = await read_body(http_request, http.max_body_bytes)
         content_type = http_request.headers.get("content-type", "")
@@ -162,9 +196,14 @@ def create_app(engine: Any, http: HTTPConfig | None = None) -> FastAPI:
             request = parse_json_request(body)
         else:
             raise ServiceError(415, f"unsupported content type {content_type!r}; send application/json or multipart/form-data")
-        return await logic.handle(request)
+        if request.stream:
+            return await stream_response(logic, request)
+        response = await logic.handle(request)
+        response.request_id = current_request_id()
+        return response
 
     _add_request_schema(app)
+    mount_web(app)
     app.state.logic = logic
     return app
 

@@ -7,6 +7,11 @@ refers to images by name, so no bulky base64 passes through the chat. The tool r
     tool = SuperLinkTool(backend=SuperLinkClient(url))        # or an in-process Pipeline
     tool.add_image("scene", png_bytes)
     agent = create_agent(model, tools=[tool])
+
+Over an AsyncSuperLinkClient the async path streams the request: each event (the text as it is generated,
+the text once generated, then each decoder's part as it finishes) is dispatched as a LangChain custom event
+named "superlink_generating" / "superlink_text" / "superlink_part", visible in `astream_events`, before the
+tool returns.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections import Counter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.callbacks.manager import adispatch_custom_event
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
@@ -110,7 +116,7 @@ class SuperLinkTool(BaseTool):
     ) -> tuple[str, Response]:
         request = self._request(instruction, image_ids or [], regions)
         if isinstance(self.backend, AsyncSuperLinkClient):
-            response = await _http_errors_as_tool_errors(self.backend.tasks(request))
+            response = await _http_errors_as_tool_errors(_consume_stream(self.backend, request, run_manager is not None))
         else:
             response = await asyncio.to_thread(self._call_sync, request)
         return summarize(response), response
@@ -124,6 +130,16 @@ class SuperLinkTool(BaseTool):
         if isinstance(self.backend, AsyncSuperLinkClient):
             raise ToolException("an AsyncSuperLinkClient backend needs the async path (ainvoke)")
         return self.backend(request)  # an in-process Pipeline
+
+
+async def _consume_stream(client: AsyncSuperLinkClient, request: Request, dispatch: bool) -> Response:
+    """Stream the request, dispatching its text and part events (inside a run); the final event's Response."""
+    async for event in client.stream(request):
+        if event.response is not None:
+            return event.response
+        if dispatch:
+            await adispatch_custom_event(f"superlink_{event.event}", event.data)
+    raise ToolException("the stream ended without a response event")
 
 
 def _region_prompt(region: ToolRegion, image_ids: list[str]) -> RegionPrompt:

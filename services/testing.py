@@ -22,6 +22,7 @@ import numpy as np
 from router.pipeline import Pipeline, forced_answer_hook, generation_groups
 from router.schemas import Detection, GeneratedImage, Item, Request, Response
 from router.stages import DecoderCall, DecoderResult, GenerationResult, LinkRecord, Prepared, RequestError
+from services.cancel import check as check_cancelled
 from services.config import ROUTE_DECODERS
 
 KEYWORDS = {"detect": "DET", "segment": "SEG", "ground": "GRD", "pose": "POSE", "draw": "GEN", "edit": "EDIT"}
@@ -82,6 +83,7 @@ class FakePipeline:
     fail: set[str] = field(default_factory=set)
     delay_s: dict[str, float] = field(default_factory=dict)
     generate_delay_s: float = 0.0
+    slow_only: bool = False  # delay_s applies only to calls whose phrase contains "slow"
     decoder_calls: list[tuple[str, int]] = field(default_factory=list)  # (decoder, number of calls)
 
     @property
@@ -111,7 +113,7 @@ class FakePipeline:
 
     def generate(self, prepared: Sequence[Prepared]) -> list[GenerationResult]:
         """Rejects the whole batch when one instruction says "choke", as a too-long prompt would."""
-        time.sleep(self.generate_delay_s)
+        _sleep(self.generate_delay_s)
         if any("choke" in p.instruction for p in prepared):
             raise RequestError("the processor refused an instruction that says choke")
         return [self._generate_one(p) for p in prepared]
@@ -137,7 +139,8 @@ class FakePipeline:
         return plan
 
     def run_decoder(self, name: str, calls: Sequence[DecoderCall]) -> list[DecoderResult]:
-        time.sleep(self.delay_s.get(name, 0.0))
+        if not self.slow_only or any("slow" in c.phrase for c in calls):
+            _sleep(self.delay_s.get(name, 0.0))
         if name in self.fail:
             raise RuntimeError(f"{name} is broken on purpose")
         self.decoder_calls.append((name, len(calls)))
@@ -161,6 +164,14 @@ class FakePipeline:
         for resp in responses:
             resp.timings_ms.update(timings)
         return responses
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep like a model running `seconds`, stopping early (Cancelled) when the caller gives up."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        check_cancelled()
+        time.sleep(min(left, 0.01))
 
 
 def _item(call: DecoderCall) -> Item:

@@ -386,3 +386,12 @@ def test_uncased_processor_reads_every_casing_alike(tiny_config) -> None:
     assert row.input_ids == ref.input_ids and row.labels == ref.labels  # the answer keeps its "Sure"
     with pytest.raises(ProcessorError, match="DET"):
         uncased.encode_row("find [DET]", 1)
+
+
+@pytest.mark.parametrize("counts", ["02", "0:", "9340004", "9340004N2"])
+def test_rle_counts_must_cover_the_mask_exactly(proc: SuperLinkProcessor, counts: str) -> None:
+    """Runs covering fewer or more pixels than h*w would leave uninitialised memory in the mask (or overrun it)."""
+    with pytest.raises(ProcessorError, match="RLE"):
+        proc.region_mask({"mask": {"size": [7, 5], "counts": counts}}, (5, 7))
+    ok = proc.region_mask({"mask": {"size": [7, 5], "counts": "9340004N"}}, (5, 7))  # 35 pixels exactly
+    assert ok.shape == (proc.image_size,) * 2 and ok.sum() > 0

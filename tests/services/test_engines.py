@@ -72,3 +72,32 @@ def test_scripted_pipeline_forces_each_group(scripted_pipeline):
     gens = scripted_pipeline.generate(scripted_pipeline.prepare(requests))
     assert [[link.route for link in g.links] for g in gens] == [["DET"], ["GEN"], ["SEG"]]
     assert [g.index for g in gens] == [0, 1, 2]
+
+
+def test_callers_with_the_same_request_index_keep_their_own_images(scripted_pipeline):
+    """Two callers' calls both say request 0 (each numbered within its own MLLM batch); batched together,
+    each must still be decoded on its own image, exactly as when it runs alone."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    def image(kind: int) -> bytes:
+        im = Image.new("RGB", (48, 48), "white")
+        draw = ImageDraw.Draw(im)
+        draw.ellipse((4, 4, 30, 30), fill="red") if kind else draw.rectangle((20, 20, 44, 40), fill="blue")
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+    mllm = MLLMEngine(scripted_pipeline)
+    opts = {"score_threshold": 0.0, "max_new_tokens": 24}
+    plans = [mllm.front([Request(instruction=t, images=[image(k)], options=opts)]).plan["detector"] for k, t in ((0, "detect the stars"), (1, "detect the circles"))]
+    assert [c.request for p in plans for c in p] == [0, 0]
+    engine = DecoderEngine(scripted_pipeline, "detector")
+    alone = [engine.run_batch([p])[0] for p in plans]
+    together = engine.run_batch(plans)
+    for a, t in zip(alone, together, strict=True):
+        assert [r.request for r in t] == [0] and len(t[0].items) == len(a[0].items) > 0
+        assert {i.phrase for i in t[0].items} == {a[0].phrase}
+        for x in a[0].items:  # the same detections, up to float noise of the batched forward
+            assert any(max(abs(p - q) for p, q in zip(x.box, y.box, strict=True)) < 0.05 and abs(x.score - y.score) < 0.01 for y in t[0].items)

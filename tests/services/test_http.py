@@ -74,7 +74,7 @@ def test_bad_base64_is_422():
 
 def test_too_many_pixels_is_422():
     r = client(max_image_pixels=100).post("/v1/tasks", json={"images": [b64(png(16, 16))], "instruction": "detect"})
-    assert r.status_code == 422 and "16x16=256 pixels" in r.json()["detail"] and "limit is 100" in r.json()["detail"]
+    assert r.status_code == 422 and "16x16 = 256 pixels" in r.json()["detail"] and "limit is 100" in r.json()["detail"]
 
 
 def test_client_paths_are_never_read(tmp_path):
