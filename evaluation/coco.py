@@ -26,6 +26,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from router.response import mask_to_rle  # noqa: F401  (re-exported: evaluation reads and writes COCO RLE)
 from shapesworld.constants import KEYPOINT_NAMES, KEYPOINT_SIGMAS, KINDS
 
 IouType = Literal["bbox", "segm", "keypoints"]
@@ -35,15 +36,6 @@ _RESULT_FIELD: dict[str, str] = {"bbox": "bbox", "segm": "segmentation", "keypoi
 
 
 # ---- RLE ----------------------------------------------------------------------------------
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """(H, W) bool/0-1 mask -> {"size": [h, w], "counts": str} (compressed COCO RLE, column-major)."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask_to_rle expects one (H, W) mask, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
 def rle_to_mask(rle: Mapping[str, Any] | Any) -> np.ndarray:

@@ -12,9 +12,11 @@ import base64
 import io
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from router.config import SuperLinkConfig
 from router.schemas import (
@@ -35,10 +37,17 @@ _CLASS = re.compile(r"<cls_(\d+)>")
 _SPECIAL = re.compile(r"<(?:loc|cls)_\d+>|<pad>|</s>|<s>")
 
 
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """(H, W) bool/0-1 mask -> {"size": [h, w], "counts": str} (compressed COCO RLE, column-major)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_to_rle expects one (H, W) mask, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
 def mask_rle(mask: np.ndarray) -> RLE:
     """(H, W) bool mask -> COCO compressed RLE."""
-    from evaluation.coco import mask_to_rle
-
     rle = mask_to_rle(mask)
     return RLE(size=(rle["size"][0], rle["size"][1]), counts=rle["counts"])
 
@@ -121,8 +130,6 @@ def native_items(prepared: Prepared, text: str, config: SuperLinkConfig) -> tupl
 def polygon_rle(points: Sequence[tuple[float, float]], size: tuple[int, int]) -> RLE:
     """A polygon in pixels -> its mask on a (width, height) image as COCO RLE (pycocotools' own rasteriser,
     the one COCO uses for polygon annotations)."""
-    from pycocotools import mask as mask_utils
-
     w, h = size
     flat = [float(v) for p in points for v in p]
     rle = mask_utils.merge(mask_utils.frPyObjects([flat], h, w))

@@ -53,7 +53,9 @@ def test_default_mean_resizing_is_not_used(monkeypatch):
 
     monkeypatch.setattr(mu.PreTrainedModel, "_init_added_embeddings_weights_with_mean", boom)
     monkeypatch.setattr(mu.PreTrainedModel, "_init_added_lm_head_weights_with_mean", boom)
-    grow_token_embeddings(small_llava(40), 80)
+    llava = small_llava(40)
+    grow_token_embeddings(llava, 80)
+    assert llava.get_input_embeddings().weight.shape[0] == 80
 
 
 def test_checkpoint_with_spare_rows_gives_them_to_superlink_tokens(tiny_config, tmp_path):
