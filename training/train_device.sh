@@ -7,7 +7,8 @@
 #               INIT (warm-start folder, e.g. checkpoints/shapes; default none = from scratch), EVAL_N (default 200)
 # Back here:    bash training/train_device.sh --unpack /work/.device/<files_at> checkpoints/shapes
 #
-# What comes back under $OUT (the device tool returns at most 8 files of 16 MiB): heads.safetensors, mllm.tar,
+# What comes back under $OUT (the device tool returns at most 8 files of 16 MiB): heads.safetensors (in 15 MiB
+# parts, heads.safetensors.part-NN, when larger), mllm.tar,
 # superlink.yaml (the trained system), train_log.jsonl, train.log, eval.json (superlink eval at EVAL_N).
 # The same recipe trains on a CPU: `superlink train CONFIG --out runs/shapes [--resume]`; a run may stop with
 # --max-minutes and continue with --resume in a later session.
@@ -17,7 +18,9 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--unpack" ]; then  # bring the returned files into a model folder
     src=${2:?usage: --unpack FILES_DIR MODEL_DIR}; dst=${3:?usage: --unpack FILES_DIR MODEL_DIR}
     mkdir -p "$dst"
-    cp "$src/heads.safetensors" "$src/superlink.yaml" "$src/train_log.jsonl" "$src/train.log" "$dst/"
+    [ -f "$src/heads.safetensors" ] || cat "$src"/heads.safetensors.part-* > "$dst/heads.safetensors"
+    [ -f "$src/heads.safetensors" ] && cp "$src/heads.safetensors" "$dst/"
+    cp "$src/superlink.yaml" "$src/train_log.jsonl" "$src/train.log" "$dst/"
     tar -xf "$src/mllm.tar" -C "$dst"
     echo "unpacked into $dst"; exit 0
 fi
@@ -55,8 +58,13 @@ print("latest step", restore(run))
 save_system(cfg, run.system.cpu(), run.processor, out / "model")
 PY
 fi
-cp "$model/heads.safetensors" "$model/superlink.yaml" "$OUT/"
+cp "$model/superlink.yaml" "$OUT/"
+if [ "$(stat -c %s "$model/heads.safetensors")" -gt $((15 * 1024 * 1024)) ]; then  # the tool returns files <= 16 MiB
+    split -b 15M -d "$model/heads.safetensors" "$OUT/heads.safetensors.part-"
+else
+    cp "$model/heads.safetensors" "$OUT/"
+fi
 tar -cf "$OUT/mllm.tar" -C "$model" mllm
-timeout 120 python3 -m services.cli eval --model "$model" --split val --n "$EVAL_N" --json 2>/dev/null \
+timeout 180 python3 -m services.cli eval --model "$model" --split val --n "$EVAL_N" --json 2>/dev/null \
     | tail -n 1 > "$OUT/eval.json" || echo '{"eval": "did not finish"}' > "$OUT/eval.json"
 cat "$OUT/eval.json"
