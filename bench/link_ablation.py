@@ -148,7 +148,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 100 == 0 and not args.json:
             print(f"step {step} loss {np.mean(losses[-100:]):.3f} ({time.time() - start:.0f} s)", flush=True)
     result = {
