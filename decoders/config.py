@@ -33,6 +33,12 @@ class DetectorConfig(StrictModel):
     # temperature and bias on the contrastive logits (q.t / sqrt(d) * exp(s) + b, b starting at a 1% prior).
     encoder_loss: bool = False
     logit_calibration: bool = False
+    align_weight: float = Field(
+        0.0, ge=0.0,
+        description="weight of the MSE between each phrase's link vector (queries averaged) and the frozen text "
+        "encoder's pooled embedding of the phrase: VisionLLM v2's generation-link alignment applied to the "
+        "perception links, so phrases cannot reach the detector as one vector; 0 = off",
+    )
     # Prediction defaults; a batch may override them.
     score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     top_k: int = Field(100, ge=1, description="most detections kept per image before thresholding")

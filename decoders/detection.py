@@ -39,6 +39,7 @@ from decoders.matching import (
     match,
     num_boxes_of,
 )
+from decoders.text_encoder import FrozenTextEncoder
 from mllm.config import require_folder
 
 Task = Literal["det", "seg", "grd"]
@@ -460,6 +461,7 @@ class DetectionDecoder(nn.Module):
                 f"detector max_text_len {self.model.config.max_text_len} < max_phrases {config.max_phrases}"
             )
         self.weights = LossWeights()
+        self.text_encoder = FrozenTextEncoder(self.link_dim, 1) if config.align_weight > 0 else None
         if config.logit_calibration:
             self.logit_scale = nn.Parameter(torch.zeros(()))  # log temperature
             self.logit_bias = nn.Parameter(torch.tensor(-math.log((1 - PRIOR_PROB) / PRIOR_PROB)))
@@ -508,7 +510,18 @@ class DetectionDecoder(nn.Module):
             return DecoderOutput(predictions=predictions)
         norm = normalise_targets(targets, batch.image_sizes, self.config.mask_size, out.boxes.device)
         loss, losses, _ = self.set_loss(out, batch.phrase_mask, norm)
+        if self.text_encoder is not None:
+            align = self.align_loss(batch)
+            loss = loss + self.config.align_weight * align
+            losses["loss_align"] = align.detach()
         return DecoderOutput(predictions=predictions, loss=loss, losses=losses)
+
+    def align_loss(self, batch: DetectionBatch) -> torch.Tensor:
+        """MSE between the real phrases' link vectors (queries averaged) and their frozen text embeddings."""
+        mask = batch.phrase_mask.to(self.device)
+        links = batch.phrase_states.to(self.device).float().mean(dim=2)[mask]  # (n real phrases, C)
+        names = [name for names in batch.phrases for name in names]
+        return F.mse_loss(links, self.text_encoder.pooled(names).to(links.device))
 
     def set_loss(
         self, out: LinkDinoOutput, phrase_mask: torch.Tensor, targets: list[ImageTarget]

@@ -10,6 +10,7 @@ get distinct, well-spread prompt embeddings, which is all a teacher for a synthe
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -43,4 +44,13 @@ class FrozenTextEncoder:
             words = WORD.findall(text.lower())[: self.tokens]
             for t, w in enumerate(words):
                 out[b, t] = self.word(w) + self.position[t]
+        return out
+
+    def pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        """texts -> (B, dim): the sum of each text's word vectors over sqrt(#words), unit variance per feature."""
+        out = torch.zeros(len(texts), self.dim)
+        for b, text in enumerate(texts):
+            words = WORD.findall(text.lower())
+            if words:
+                out[b] = torch.stack([self.word(w) for w in words]).sum(0) / math.sqrt(len(words))
         return out
