@@ -35,8 +35,9 @@ from evaluation.coco import GtImage, build_coco_gt, coco_ap, coco_results  # noq
 from evaluation.suite import eval_samples  # noqa: E402
 from router.bindings import PROJECTORS  # noqa: E402
 from router.config import load_config  # noqa: E402
+from router.samples import TaskSample  # noqa: E402
 from shapesworld.constants import COLORS, KINDS  # noqa: E402
-from shapesworld.tasks import TaskSample, make_sample  # noqa: E402
+from shapesworld.tasks import make_sample  # noqa: E402
 
 WORDS = [*KINDS, *COLORS]
 QUERIES = 4

@@ -55,9 +55,10 @@ from evaluation.metrics import (
     vqa_accuracy,
 )
 from mllm.vocab import phrase_before, route_names_in
+from router.samples import TaskSample
 from router.schemas import Options, RegionPrompt, Request, Response
 from shapesworld.constants import SPLIT_SEEDS
-from shapesworld.tasks import TaskSample, make_sample
+from shapesworld.tasks import make_sample
 
 # New families go at the END: a family's scene seeds depend on its position here.
 FAMILIES: tuple[str, ...] = ("detection", "segmentation", "native_detection", "grounding", "keypoints", "vqa",

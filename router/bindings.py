@@ -12,7 +12,7 @@ A row says, for its route:
   to_items     (prediction, owner calls, decoder) -> items per owner call (Response items)
   train_batch  (projected (N, Q, C), rows, targets, images, decoder) -> (decoder batch, decoder targets)
                for the joint loss: group n belongs to batch row rows[n] and answers targets[n]
-               (a shapesworld RouteTarget); images[r] is row r's input image. None: no training path
+               (a router.samples.RouteTarget); images[r] is row r's input image. None: no training path
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data formats, read into one sample schema: shapesworld.tasks.TaskSample.
+"""Data formats, read into one sample schema: router.samples.TaskSample.
 
     load_shapesworld(dir)                       samples.jsonl + images/ written by `superlink world export`
     load_coco(instances.json, image_root)       COCO instances / person_keypoints -> detection, segmentation,
@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mllm.vocab import IMAGE_TOKEN, phrase_before
-from shapesworld.tasks import RouteTarget, TaskSample
+from router.samples import RouteTarget, TaskSample
 
 MAX_PIXELS = 4096 * 4096
 CAPTION_WORDS = ("describe", "caption", "what is in this", "what do you see", "summar")

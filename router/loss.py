@@ -1,6 +1,6 @@
 """The joint training loss: LM loss + sum over routes of weight x decoder loss.
 
-    batch = collate(processor, samples)            # ShapesWorld TaskSamples (answers hold [ROUTE] tokens)
+    batch = collate(processor, samples)            # TaskSamples (answers hold [ROUTE] tokens)
     out = joint_loss(system, batch, {"GEN": 0.5})  # out.total, out.parts["lm"], out.parts["DET"], ...
 
 model.forward gathers each route's link states by mask (N groups, row-major, in answer
@@ -30,7 +30,7 @@ FORMAT_TASKS = ("native_detection",)  # tasks whose answers the format queries l
 @dataclass
 class TrainBatch:
     inputs: dict[str, Any]  # processor output with labels: input_ids, attention_mask, labels, pixel_values, ...
-    samples: list[Any]  # shapesworld.tasks.TaskSample, one per row
+    samples: list[Any]  # router.samples.TaskSample, one per row
 
     @property
     def images(self) -> list[np.ndarray | None]:

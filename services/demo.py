@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from router.samples import TaskSample
 from router.schemas import Options, Request, Response
-from shapesworld.tasks import TaskSample, make_sample
+from shapesworld.tasks import make_sample
 
 # (task, seed): fixed scenes, chosen to cover every route, native boxes and polygons, region prompts (a box and a
 # scribble) and a compound request.

@@ -11,9 +11,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from router.samples import RouteTarget, TaskSample
 from shapesworld.constants import KEYPOINT_NAMES, KINDS, NUM_KEYPOINTS
 from shapesworld.scene import Scene
-from shapesworld.tasks import RouteTarget, ShapesWorldDataset, TaskSample
+from shapesworld.tasks import ShapesWorldDataset
 
 
 def rle_encode(mask: np.ndarray) -> dict:

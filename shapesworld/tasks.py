@@ -30,6 +30,7 @@ from mllm.codec import LocationCodec
 from mllm.localize import DEFAULT_POLYGON_POINTS
 from mllm.scribble import rasterize_scribble
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN
+from router.samples import RouteTarget, TaskSample
 from shapesworld import grammar
 from shapesworld.constants import COLORS, DEFAULT_IMAGE_SIZE, KINDS, NUM_KEYPOINTS, SPLIT_SEEDS
 from shapesworld.scene import (
@@ -51,31 +52,6 @@ LARGE_SIZES = (0.15, 0.25)  # generation / editing objects: big enough to surviv
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 # Polygon answers draw their point count from this range (phrasings without a count use the default).
 POLYGON_POINTS = tuple(range(4, 21))
-
-
-@dataclass
-class RouteTarget:
-    route: str  # "DET" | "SEG" | "GRD" | "POSE" | "GEN" | "EDIT"
-    phrase: str  # the phrase in the answer this routing token belongs to
-    boxes: np.ndarray  # (n, 4) float32 xyxy pixels of the objects it refers to (n may be 0)
-    masks: np.ndarray | None = None  # (n, H, W) bool
-    keypoints: np.ndarray | None = None  # (n, NUM_KEYPOINTS, 3) float32 x, y, v
-    image: np.ndarray | None = None  # (H, W, 3) uint8 target image (GEN / EDIT)
-    objects: list[dict] | None = None  # GEN / EDIT: what the oracle must find: [{"kind": .., "color": ..}]
-
-
-@dataclass
-class TaskSample:
-    task: str
-    image: np.ndarray | None  # (H, W, 3) uint8 input image; None for pure generation
-    instruction: str  # starts with "<image>\n" when there is an image; "<region>" marks each region prompt
-    answer: str
-    targets: list[RouteTarget]
-    # {"box": [x1,y1,x2,y2]} | {"point": [x,y]} | {"mask": HxW} | {"scribble": [[[x,y], ...], ...], "width": px}
-    regions: list[dict] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)  # <cls_i> means classes[i]
-    scene: Scene | None = None
-    heldout_wording: list[str] = field(default_factory=list)  # held-out grammar choices in the instruction
 
 
 # ---- phrasings -----------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ from router.bindings import SuperLinkSystem
 from router.config import StageConfig, SuperLinkConfig
 from router.loss import collate, decoder_loss, joint_loss
 from router.pipeline import Pipeline, build_system
+from router.samples import TaskSample
 from router.stages import GenerationResult, LinkRecord, Prepared
-from shapesworld.tasks import TaskSample, make_sample
+from shapesworld.tasks import make_sample
 from training.train import build_optimizer, build_scheduler, set_trainable
 
 # route -> the ShapesWorld task (and eval family) that trains and scores it

@@ -10,8 +10,8 @@ from decoders.base import DecoderOutput, check_link_states
 from router.bindings import RouteBinding, default_bindings, default_decoder_builders, perception_projector
 from router.loss import collate, joint_loss
 from router.pipeline import Pipeline, forced_answer_hook
+from router.samples import RouteTarget, TaskSample
 from router.schemas import Point, Request
-from shapesworld.tasks import RouteTarget, TaskSample
 
 
 class CountDecoder(nn.Module):
