@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -45,6 +45,56 @@ class StageConfig(StrictModel):
         return v
 
 
+# ---- training data sources (router/sources.py reads them) ------------------------------------------
+class ShapesWorldSource(StrictModel):
+    """Generated ShapesWorld scenes (training.image_size, training.wording)."""
+
+    kind: Literal["shapesworld"]
+    weight: float = Field(1.0, ge=0.0, description="share of the batch rows drawn from this source")
+    name: str | None = Field(None, description="label in the training log (data/<name>); default: the kind, "
+                             "numbered when several sources share it")
+    # ShapesWorld task -> sampling weight; None: training.task_weights (all tasks equally when that is empty).
+    task_weights: dict[str, float] | None = None
+
+
+class CocoSource(StrictModel):
+    """COCO instances / person_keypoints JSON: one sample per image listing the categories present."""
+
+    kind: Literal["coco"]
+    weight: float = Field(1.0, ge=0.0)
+    name: str | None = None
+    annotations: Path = Field(description="instances_*.json or person_keypoints_*.json")
+    images: Path = Field(description="folder the images' file_name entries are read from")
+    tasks: list[Literal["detection", "segmentation", "keypoints"]] = Field(["detection"], min_length=1)
+
+
+class RefCocoSource(StrictModel):
+    """RefCOCO-style referring expressions (refs JSON with ann_id + sentences, over a COCO instances JSON)."""
+
+    kind: Literal["refcoco"]
+    weight: float = Field(1.0, ge=0.0)
+    name: str | None = None
+    refs: Path = Field(description="refs JSON: a list of {ann_id, sentences, split}")
+    annotations: Path = Field(description="the COCO instances JSON the refs' ann_ids point into")
+    images: Path
+    split: str | None = Field(None, description="keep only refs of this split (e.g. train)")
+
+
+class LlavaSource(StrictModel):
+    """LLaVA-style conversations (a JSON list or JSONL): one caption / VQA sample per turn."""
+
+    kind: Literal["llava"]
+    weight: float = Field(1.0, ge=0.0)
+    name: str | None = None
+    conversations: Path = Field(description="LLaVA conversations, .json (a list) or .jsonl")
+    images: Path | None = Field(None, description="image root; default: the conversations file's folder")
+    tasks: list[Literal["caption", "vqa"]] | None = Field(None, description="keep only these turns; None: all")
+
+
+DataSource = Annotated[ShapesWorldSource | CocoSource | RefCocoSource | LlavaSource, Field(discriminator="kind")]
+DEFAULT_DATA: tuple[DataSource, ...] = (ShapesWorldSource(kind="shapesworld"),)
+
+
 class TrainingConfig(StrictModel):
     seed: int = 0
     batch_size: int = Field(8, ge=1)
@@ -52,6 +102,9 @@ class TrainingConfig(StrictModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     stages: list[StageConfig] = [StageConfig(name="stage1", steps=100)]
     task_weights: dict[str, float] = {}  # ShapesWorld task -> sampling weight
+    # Where batch rows come from and in which shares (router/sources.py); relative paths are read from the
+    # working directory. The default is ShapesWorld alone with task_weights, as before this section existed.
+    data: list[DataSource] = Field(default_factory=lambda: list(DEFAULT_DATA), min_length=1)
     loss_weights: dict[str, float] = {}  # route -> decoder loss weight (default 1.0)
     eval_every: int = Field(0, ge=0)
     save_every: int = Field(0, ge=0)
@@ -65,6 +118,17 @@ class TrainingConfig(StrictModel):
         description="instruction wording of training samples: the grammar's training part (shapesworld.grammar; "
         "its held-out part is for evaluation only) or the fixed template lists",
     )
+
+    @field_validator("data")
+    @classmethod
+    def _some_weight(cls, v: list[DataSource]) -> list[DataSource]:
+        if sum(s.weight for s in v) <= 0:
+            raise ValueError("training.data: every source has weight 0; give at least one a positive weight")
+        names = [s.name for s in v if s.name]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"training.data: source names {dup} appear more than once; each name must be distinct")
+        return v
 
 
 class RuntimeConfig(StrictModel):

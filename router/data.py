@@ -81,7 +81,7 @@ def routed_answer(phrases: Sequence[str], route: str) -> tuple[str, list[str]]:
     return answer, [phrase_before(answer[:i]) for i in starts]  # what the model reads before each token
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -151,25 +151,49 @@ def _turns(conversations: list[dict], where: str) -> list[tuple[str, str]]:
 def load_llava(path: str | Path, image_root: str | Path | None = None) -> Iterator[TaskSample]:
     """LLaVA-style conversations (a JSON list or JSONL) -> one caption/VQA sample per turn."""
     path = Path(path)
-    records = _read_json(path) if path.suffix == ".json" else _jsonl(path)
-    for k, rec in enumerate(records):
+    for k, rec in enumerate(read_llava_records(path)):
         yield from llava_samples(rec, Path(image_root) if image_root else path.parent, f"{path}[{k}]")
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    with path.open() as f:
-        for line in f:
+def read_llava_records(path: Path) -> Iterator[dict]:
+    """The records of a LLaVA conversations file: a JSON list (.json) or one JSON object per line."""
+    if path.suffix == ".json":
+        records = read_json(path)
+        if not isinstance(records, list):
+            raise DataFormatError(f"{path}: expected a JSON list of conversation records, got {type(records).__name__}")
+        yield from records
+        return
+    try:
+        f = path.open()
+    except OSError as err:
+        raise DataFormatError(f"{path}: cannot read ({err})") from None
+    with f:
+        for line_no, line in enumerate(f, 1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataFormatError(f"{path}:{line_no}: not a JSON object ({err})") from None
 
 
 def llava_samples(rec: dict, image_root: Path, where: str) -> Iterator[TaskSample]:
     image = read_image(image_root / rec["image"]) if rec.get("image") else None
     for human, gpt in _turns(_need(rec, "conversations", where), where):
-        question = human.replace(IMAGE_TOKEN, "").strip()
-        instruction = f"{IMAGE_TOKEN}\n{question}" if image is not None else question
-        task = "caption" if any(w in question.lower() for w in CAPTION_WORDS) else "vqa"
-        yield TaskSample(task, image, instruction, gpt.strip(), [])
+        task, instruction, answer = llava_turn(human, gpt, image is not None)
+        yield TaskSample(task, image, instruction, answer, [])
+
+
+def llava_turns(rec: dict, where: str) -> list[tuple[str, str, str]]:
+    """(task, instruction, answer) of each turn of a LLaVA record, without reading its image."""
+    return [llava_turn(h, g, bool(rec.get("image"))) for h, g in _turns(_need(rec, "conversations", where), where)]
+
+
+def llava_turn(human: str, gpt: str, has_image: bool) -> tuple[str, str, str]:
+    """One human/gpt turn -> (task "caption" or "vqa", instruction, answer)."""
+    question = human.replace(IMAGE_TOKEN, "").strip()
+    instruction = f"{IMAGE_TOKEN}\n{question}" if has_image else question
+    task = "caption" if any(w in question.lower() for w in CAPTION_WORDS) else "vqa"
+    return task, instruction, gpt.strip()
 
 
 # ---- COCO instances / keypoints -------------------------------------------------------------------
@@ -182,28 +206,40 @@ def load_coco(
     instances: str | Path, image_root: str | Path, task: CocoTask = "detection", skip_crowd: bool = True
 ) -> Iterator[TaskSample]:
     """One sample per image listing the categories present; targets per category in that order."""
+    coco = read_json(Path(instances))
+    cats = coco_categories(coco, str(instances))
+    for img, anns in coco_groups(coco, task, str(instances), skip_crowd):
+        yield coco_sample(img, anns, cats, Path(image_root), task, f"{instances} image {img['id']}")
+
+
+def coco_categories(coco: dict, where: str) -> dict[int, str]:
+    return {c["id"]: c["name"] for c in _need(coco, "categories", where)}
+
+
+def coco_groups(coco: dict, task: CocoTask, where: str, skip_crowd: bool = True) -> list[tuple[dict, list[dict]]]:
+    """(image record, its annotations) for every image with at least one annotation usable for `task`."""
     if task not in _ROUTE:
         raise DataFormatError(f"unknown COCO task {task!r}; accepted: {list(_ROUTE)}")
-    coco = _read_json(Path(instances))
-    cats = {c["id"]: c["name"] for c in _need(coco, "categories", str(instances))}
     by_image: dict[int, list[dict]] = {}
-    for ann in _need(coco, "annotations", str(instances)):
+    for ann in _need(coco, "annotations", where):
         if not (skip_crowd and ann.get("iscrowd")) and (task != "keypoints" or ann.get("num_keypoints", 0) > 0):
             by_image.setdefault(ann["image_id"], []).append(ann)
-    for img in _need(coco, "images", str(instances)):
-        anns = by_image.get(img["id"], [])
-        if anns:
-            yield coco_sample(img, anns, cats, Path(image_root), task, f"{instances} image {img['id']}")
+    return [(img, by_image[img["id"]]) for img in _need(coco, "images", where) if by_image.get(img["id"])]
+
+
+def coco_text(anns: list[dict], cats: dict[int, str], task: CocoTask) -> tuple[list[str], str, str, list[str]]:
+    """Categories present (first-seen order), instruction, answer and each routing token's phrase."""
+    names = list(dict.fromkeys(cats[a["category_id"]] for a in anns))
+    answer, phrases = routed_answer(names, _ROUTE[task])
+    return names, f"{IMAGE_TOKEN}\n{_VERB[task]} {join_words(names)}.", answer, phrases
 
 
 def coco_sample(img: dict, anns: list[dict], cats: dict[int, str], root: Path, task: CocoTask, where: str) -> TaskSample:
     image = read_image(root / _need(img, "file_name", where))
     h, w = image.shape[:2]
-    names = list(dict.fromkeys(cats[a["category_id"]] for a in anns))  # present categories, first-seen order
-    answer, phrases = routed_answer(names, _ROUTE[task])
+    names, instruction, answer, phrases = coco_text(anns, cats, task)
     targets = [_coco_target([a for a in anns if cats[a["category_id"]] == n], phrase, task, h, w)
                for n, phrase in zip(names, phrases, strict=True)]
-    instruction = f"{IMAGE_TOKEN}\n{_VERB[task]} {join_words(names)}."
     return TaskSample(task, image, instruction, answer, targets, classes=names)
 
 
@@ -223,10 +259,10 @@ def load_refcoco(
     refs: str | Path, instances: str | Path, image_root: str | Path, split: str | None = None
 ) -> Iterator[TaskSample]:
     """One grounding sample per referring sentence: "Find the {sent}." -> "Sure, the {sent} [GRD]."."""
-    coco = _read_json(Path(instances))
+    coco = read_json(Path(instances))
     anns = {a["id"]: a for a in _need(coco, "annotations", str(instances))}
     images = {i["id"]: i for i in _need(coco, "images", str(instances))}
-    ref_list = _read_json(Path(refs))
+    ref_list = read_json(Path(refs))
     cache: dict[int, np.ndarray] = {}
     for k, ref in enumerate(ref_list):
         where = f"{refs}[{k}]"
@@ -238,15 +274,24 @@ def load_refcoco(
         img = images[ann["image_id"]]
         if img["id"] not in cache:
             cache = {img["id"]: read_image(Path(image_root) / img["file_name"])}  # refs of one image come together
-        for sent in _need(ref, "sentences", where):
-            yield refcoco_sample(cache[img["id"]], ann, str(sent["sent"] if isinstance(sent, dict) else sent))
+        for sent in refcoco_sentences(ref, where):
+            yield refcoco_sample(cache[img["id"]], ann, sent)
+
+
+def refcoco_text(sentence: str) -> tuple[str, str]:
+    """A referring sentence -> (instruction, answer): "Find the {expr}." -> "Sure, the {expr} [GRD]."."""
+    expr = re.sub(r"^the\s+", "", sentence.strip().rstrip("."), flags=re.IGNORECASE)  # "Sure, the {expr}"
+    return f"{IMAGE_TOKEN}\nFind the {expr}.", f"Sure, the {expr} [GRD]."
+
+
+def refcoco_sentences(ref: dict, where: str) -> list[str]:
+    return [str(s["sent"] if isinstance(s, dict) else s) for s in _need(ref, "sentences", where)]
 
 
 def refcoco_sample(image: np.ndarray, ann: dict, sentence: str) -> TaskSample:
     h, w = image.shape[:2]
-    expr = re.sub(r"^the\s+", "", sentence.strip().rstrip("."), flags=re.IGNORECASE)  # "Sure, the {expr}"
-    answer = f"Sure, the {expr} [GRD]."
+    instruction, answer = refcoco_text(sentence)
     box = np.asarray([xywh_to_xyxy(ann["bbox"])], np.float32)
     masks = decode_segmentation(ann["segmentation"], h, w)[None] if ann.get("segmentation") else None
     target = RouteTarget("GRD", phrase_before(answer[: answer.index("[GRD]")]), box, masks)
-    return TaskSample("grounding", image, f"{IMAGE_TOKEN}\nFind the {expr}.", answer, [target])
+    return TaskSample("grounding", image, instruction, answer, [target])

@@ -15,7 +15,6 @@ becomes a `PartError(kind="route_not_deployed")` for that part only.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import time
@@ -52,6 +51,7 @@ from router.bindings import (
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
 from router.schemas import Options, Request, Response
+from router.sources import data_tokenizer
 from router.stages import (
     GENERATED_TEXT_SINK,
     DecoderCall,
@@ -534,36 +534,19 @@ def shipped_checkpoint(name: str) -> Path | None:
     return path if (path / SYSTEM_CONFIG).is_file() else None
 
 
-TOKENIZER_CORPUS = 64  # ShapesWorld samples the small presets' BPE is trained on (deterministic)
-
-
-@functools.lru_cache(maxsize=4)
-def _corpus_tokenizer(config_json: str) -> Any:
-    """A BPE tokenizer trained on the ShapesWorld instruction corpus (cached: training takes a moment)."""
-    from mllm.config import MLLMConfig
-    from mllm.tokenizer import build_tokenizer
-    from mllm.vocab import Vocabulary
-    from shapesworld.tasks import corpus
-
-    cfg = MLLMConfig.model_validate_json(config_json)
-    texts = corpus(TOKENIZER_CORPUS, image_size=64, location_bins=cfg.vocab.location_bins)
-    return build_tokenizer(texts, Vocabulary.from_config(cfg), vocab_size=cfg.text.tokenizer_vocab_size)
-
-
 def build_model(config: SuperLinkConfig, tokenizer: Any = None) -> Any:
     """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set).
 
     A model built from scratch uses `tokenizer` when given (e.g. the one a training run saved), else
-    the BPE tokenizer trained on the ShapesWorld corpus.
+    one trained on the texts of the config's data sources (router.sources.data_tokenizer), as a training
+    run of this config would build it. Loading a saved system (`load_system`) uses the saved tokenizer.
     """
-    import copy
-
     from mllm.modeling import build_model as build_mllm
 
     if config.model.pretrained:
         tokenizer = None
     elif tokenizer is None:
-        tokenizer = copy.deepcopy(_corpus_tokenizer(config.model.model_dump_json()))
+        tokenizer = data_tokenizer(config)
     return build_mllm(config.model, tokenizer)
 
 

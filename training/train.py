@@ -9,6 +9,9 @@ Stages (TrainingConfig.stages) run one after another over one global step counte
   train_llm "full"    plus the whole LLM (the vision tower stays frozen, as in VisionLLM v2)
   train_vision true   the vision tower trains too (for towers trained from scratch), whatever train_llm is
   decoder_losses false  LM loss only: the decoders do not run (a fast first stage for a from-scratch LLM)
+Data (TrainingConfig.data, router/sources.py): the sources a batch row is drawn from, by weight:
+ShapesWorld (generated), COCO instances/keypoints, RefCOCO-style refs, LLaVA conversation JSON(L). A
+fresh run builds its tokenizer from the sources' texts and saves it (OUT/tokenizer, then model/mllm/).
 Each stage has its own AdamW with one parameter group per `PARAM_GROUPS` name and a
 linear warm-up. The batch of step s is a pure function of (seed, s, micro-step, rank),
 and torch is reseeded from (seed, s) before each step, so a resumed run replays the
@@ -41,6 +44,8 @@ from decoders.diffusion import EditDecoder, GenerationDecoder
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
+from router.samples import TaskSample
+from router.sources import DataMix, data_tokenizer
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.evaluate import evaluate
 
@@ -123,27 +128,17 @@ def stage_at(stages: list[StageConfig], step: int) -> int:
 
 
 # ---- data ---------------------------------------------------------------------------------------
-def task_mix(cfg: SuperLinkConfig) -> tuple[list[str], np.ndarray]:
-    from shapesworld.tasks import TASKS
-
-    weights = cfg.training.task_weights or {t: 1.0 for t in TASKS}
-    unknown = set(weights) - set(TASKS)
-    if unknown:
-        raise ValueError(f"training.task_weights names unknown tasks {sorted(unknown)}; accepted: {list(TASKS)}")
-    tasks = [t for t, w in weights.items() if w > 0]
-    p = np.array([weights[t] for t in tasks], float)
-    return tasks, p / p.sum()
-
-
-def batch_samples(cfg: SuperLinkConfig, step: int, micro: int, rank: int) -> list[Any]:
+def batch_samples(cfg: SuperLinkConfig, step: int, micro: int, rank: int, data: DataMix | None = None) -> list[TaskSample]:
     """The samples of (step, micro-step, rank): a pure function of the seed and these numbers."""
-    from shapesworld.tasks import make_sample
+    return draw_batch(cfg, step, micro, rank, data)[0]
 
-    tasks, p = task_mix(cfg)
+
+def draw_batch(
+    cfg: SuperLinkConfig, step: int, micro: int, rank: int, data: DataMix | None = None
+) -> tuple[list[TaskSample], list[str]]:
+    """batch_samples and the data source of each row; `data` is the run's opened sources (DataMix(cfg))."""
     rng = np.random.default_rng([cfg.training.seed, step, micro, rank])
-    picks = rng.choice(len(tasks), size=cfg.training.batch_size, p=p)
-    bins = cfg.model.vocab.location_bins
-    return [make_sample(tasks[int(k)], rng, cfg.training.image_size, bins, wording=cfg.training.wording) for k in picks]
+    return (data or DataMix(cfg)).draw(rng, cfg.training.batch_size)
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:
@@ -159,6 +154,7 @@ class Run:
     system: SuperLinkSystem
     processor: Any
     device: torch.device
+    data: DataMix  # training.data, each source opened once for the run
     rank: int = 0
     world: int = 1
     stage: int = -1
@@ -217,7 +213,8 @@ def _autocast(cfg: SuperLinkConfig, device: torch.device) -> contextlib.Abstract
 
 def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     """Forward + backward of one micro-batch; returns its losses (and, on logged steps, link health) for logging."""
-    batch = collate(run.processor, batch_samples(run.cfg, step, micro, run.rank))
+    samples, sources = draw_batch(run.cfg, step, micro, run.rank, run.data)
+    batch = collate(run.processor, samples)
     batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
     last = micro == run.cfg.training.grad_accum - 1
     sync = contextlib.nullcontext() if last or run.world == 1 else run.engine.no_sync()
@@ -227,6 +224,8 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     logged = {k: float(v.detach()) for k, v in parts.items()}
     logged.update(extra)
     logged["total"] = float(total.detach())
+    if len(run.data.sources) > 1:  # the share of this micro-batch's rows each source supplied
+        logged.update({f"data/{n}": sources.count(n) / len(sources) for n in run.data.names})
     return logged
 
 
@@ -307,12 +306,15 @@ def _tied_to_copied(key: str, own: dict[str, torch.Tensor], take: dict[str, torc
 def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path | None = None) -> Run:
     from router.pipeline import build_system
 
+    data = DataMix(cfg)  # opens every source: a bad path fails here, before the model is built
     rank, world, device = init_distributed()
     torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every (re)start
     if resume:
         tokenizer = run_tokenizer(cfg, out)
     else:
         tokenizer = init_tokenizer(init, cfg) if init is not None else None
+    if tokenizer is None and not cfg.model.pretrained:  # a fresh tokenizer from the configured sources' texts
+        tokenizer = data_tokenizer(cfg)
     system, processor = build_system(cfg, tokenizer=tokenizer)
     if init is not None and not resume:
         copied = init_weights(system, init)
@@ -321,7 +323,7 @@ def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path 
         system.model.tokenizer.save_pretrained(str(out / TOKENIZER))
     system.to(device).train()
     flags = {n: p.requires_grad for n, p in system.named_parameters() if group_of(n) == "decoders"}
-    return Run(cfg, out, system, processor, device, rank, world, decoder_flags=flags)
+    return Run(cfg, out, system, processor, device, data, rank, world, decoder_flags=flags)
 
 
 def restore(run: Run) -> int:

@@ -178,12 +178,12 @@ def test_polygon_points_trace_the_mask():
 _DIGEST = """
 import hashlib
 from router.config import load_config
-from router.pipeline import _corpus_tokenizer
+from router.sources import data_tokenizer
 from shapesworld.tasks import corpus
 cfg = load_config("tiny")
 print(hashlib.md5("\\n".join(corpus(300, image_size=64, location_bins=64)).encode()).hexdigest())
 print(hashlib.md5("\\n".join(corpus(40, image_size=64, location_bins=64, wording="heldout")).encode()).hexdigest())
-print(hashlib.md5(_corpus_tokenizer(cfg.model.model_dump_json()).backend_tokenizer.to_str().encode()).hexdigest())
+print(hashlib.md5(data_tokenizer(cfg).backend_tokenizer.to_str().encode()).hexdigest())
 """
 
 

@@ -69,7 +69,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path):
 
 
 def test_resume_keeps_the_tokenizer_the_run_started_with(tmp_path, monkeypatch):
-    import router.pipeline
+    import router.sources
 
     cfg = _tiny_run_config(tmp_path)
     out = tmp_path / "run"
@@ -79,7 +79,7 @@ def test_resume_keeps_the_tokenizer_the_run_started_with(tmp_path, monkeypatch):
     def no_rebuild(*_args, **_kwargs):  # a resumed run must not train a new tokenizer from the corpus
         raise AssertionError("resume rebuilt the tokenizer instead of loading OUT/tokenizer")
 
-    monkeypatch.setattr(router.pipeline, "_corpus_tokenizer", no_rebuild)
+    monkeypatch.setattr(router.sources, "_tokenizer", no_rebuild)
     assert train(cfg, out, resume=True)["steps"] == 3
     assert (out / "model" / "mllm" / "tokenizer.json").read_text() == saved
 
