@@ -106,10 +106,19 @@ def train(
         float | None, typer.Option(help="stop (with a checkpoint to --resume from) after this many minutes")
     ] = None,
 ) -> None:
-    """Joint end-to-end training: LM loss + weighted decoder losses through the super links."""
+    """Joint end-to-end training: LM loss + weighted decoder losses through the super links.
+
+    The config's training.data section names the sources (ShapesWorld, COCO, RefCOCO, LLaVA JSONL)."""
+    from mllm.config import ConfigError
+    from router.sources import DataSourceError
     from training.train import train as train_fn
 
-    _print_json_last(train_fn(config, out, resume=resume, init=init, max_minutes=max_minutes), as_json=True)
+    try:
+        result = train_fn(config, out, resume=resume, init=init, max_minutes=max_minutes)
+    except (ConfigError, DataSourceError) as err:
+        typer.echo(f"superlink train: {err}", err=True)
+        raise typer.Exit(2) from None
+    _print_json_last(result, as_json=True)
 
 
 @app.command("eval")
