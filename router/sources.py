@@ -122,9 +122,9 @@ class CocoData:
                           "(e.g. instances.json written by `superlink world export`)")
         self.images = _need_dir(spec.images, where, "the folder holding the images named by its file_name entries")
         coco = _read(path, where)
-        self.cats = coco_categories(coco, str(path))
-        self.tasks = list(spec.tasks)
-        self.groups = {t: coco_groups(coco, t, str(path)) for t in self.tasks}
+        self.path, self.tasks = path, list(spec.tasks)
+        self.cats = _reading(where, coco_categories, coco, str(path))
+        self.groups = {t: _reading(where, coco_groups, coco, t, str(path)) for t in self.tasks}
         empty = [t for t, g in self.groups.items() if not g]
         if empty:
             raise DataSourceError(f"{where}: {path} has no image with annotations usable for {empty} "
@@ -136,7 +136,7 @@ class CocoData:
             task = self.tasks[_pick(rng, len(self.tasks))]
             img, anns = self.groups[task][_pick(rng, len(self.groups[task]))]
             out.append(_reading(self.where, coco_sample, img, anns, self.cats, self.images, task,
-                                f"{self.where} image {img.get('id')}"))
+                                f"{self.path} image {img.get('id')}"))
         return out
 
     def texts(self) -> Iterator[str]:
@@ -155,18 +155,7 @@ class RefCocoData:
         instances = _need_file(spec.annotations, where, "the COCO instances JSON the refs' ann_ids point into")
         coco = _read(instances, where)
         self.images = _need_dir(spec.images, where, "the folder holding the images of the instances JSON")
-        anns = {a["id"]: a for a in coco.get("annotations", [])}
-        files = {i["id"]: i["file_name"] for i in coco.get("images", [])}
-        if not isinstance(refs, list):
-            raise DataSourceError(f"{where}: {spec.refs} must hold a JSON list of refs, got {type(refs).__name__}")
-        self.items: list[tuple[dict, str, str]] = []  # (annotation, image file, sentence)
-        for k, ref in enumerate(refs):
-            if spec.split is not None and ref.get("split") != spec.split:
-                continue
-            ann = anns.get(ref.get("ann_id"))
-            if ann is None or ann.get("image_id") not in files:
-                raise DataSourceError(f"{where}: {spec.refs}[{k}] ann_id {ref.get('ann_id')} is not in {instances}")
-            self.items += [(ann, files[ann["image_id"]], s) for s in refcoco_sentences(ref, f"{spec.refs}[{k}]")]
+        self.items = _reading(where, refcoco_items, refs, coco, spec)  # (annotation, image file, sentence)
         if not self.items:
             raise DataSourceError(f"{where}: no referring sentences in {spec.refs}"
                                   + (f" for split {spec.split!r}" if spec.split else ""))
@@ -182,6 +171,23 @@ class RefCocoData:
     def texts(self) -> Iterator[str]:
         for _, _, sentence in self.items[:TOKENIZER_TEXTS_PER_FILE]:
             yield "\n".join(refcoco_text(sentence))
+
+
+def refcoco_items(refs: Any, coco: dict, spec: RefCocoSource) -> list[tuple[dict, str, str]]:
+    """(annotation, image file, sentence) of every referring sentence of the refs in spec.split."""
+    if not isinstance(refs, list):
+        raise DataFormatError(f"{spec.refs} must hold a JSON list of refs, got {type(refs).__name__}")
+    anns = {a["id"]: a for a in coco["annotations"]}
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
+    items = []
+    for k, ref in enumerate(refs):
+        if spec.split is not None and ref.get("split") != spec.split:
+            continue
+        ann = anns.get(ref.get("ann_id"))
+        if ann is None or ann.get("image_id") not in files:
+            raise DataFormatError(f"{spec.refs}[{k}]: ann_id {ref.get('ann_id')} is not in {spec.annotations}")
+        items += [(ann, files[ann["image_id"]], s) for s in refcoco_sentences(ref, f"{spec.refs}[{k}]")]
+    return items
 
 
 # ---- LLaVA conversations -------------------------------------------------------------------------
@@ -224,7 +230,7 @@ def _reading(where: str, fn: Any, *args: Any) -> Any:
         return fn(*args)
     except DataFormatError as err:
         raise DataSourceError(f"{where}: {err}") from None
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise DataSourceError(f"{where}: malformed record ({type(err).__name__}: {err})") from None
 
 

@@ -99,6 +99,12 @@ def test_a_bad_source_names_itself_and_what_was_expected(tiny_config, tmp_path):
     cfg = _with_data(tiny_config, [{"kind": "llava", "name": "chat", "conversations": str(tmp_path / "broken.jsonl")}])
     with pytest.raises(DataSourceError, match=r"training.data 'chat' \(llava\): .*alternate human/gpt"):
         DataMix(cfg)
+    (tmp_path / "refs.json").write_text(json.dumps([{"ann_id": 99, "sentences": ["the cat"]}]))
+    (tmp_path / "instances.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    cfg = _with_data(tiny_config, [{"kind": "refcoco", "refs": str(tmp_path / "refs.json"),
+                                    "annotations": str(tmp_path / "instances.json"), "images": str(tmp_path)}])
+    with pytest.raises(DataSourceError, match=r"training.data 'refcoco' \(refcoco\): .*ann_id 99 is not in"):
+        DataMix(cfg)
     with pytest.raises(ValidationError, match="weight 0"):
         _with_data(tiny_config, [{"kind": "shapesworld", "weight": 0.0}])
     with pytest.raises(ValidationError, match="kind"):
