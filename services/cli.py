@@ -105,14 +105,22 @@ def train(
     max_minutes: Annotated[
         float | None, typer.Option(help="stop (with a checkpoint to --resume from) after this many minutes")
     ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="do not train: write --out's latest checkpoint as a model folder here "
+                                       "(for `superlink eval --model DIR` mid-run)")
+    ] = None,
 ) -> None:
     """Joint end-to-end training: LM loss + weighted decoder losses through the super links.
 
     The config's training.data section names the sources (ShapesWorld, COCO, RefCOCO, LLaVA JSONL)."""
     from mllm.config import ConfigError
     from router.sources import DataSourceError
+    from training.train import export_checkpoint
     from training.train import train as train_fn
 
+    if export is not None:
+        _print_json_last(export_checkpoint(config, out, export), as_json=True)
+        return
     try:
         result = train_fn(config, out, resume=resume, init=init, max_minutes=max_minutes)
     except (ConfigError, DataSourceError) as err:
