@@ -196,6 +196,14 @@ def load_full_state(
         {**saved, "params": [fqns[i] for i in saved["params"]]} for saved in opt_state["param_groups"]
     ]
     state = {fqns[int(i)]: st for i, st in opt_state["state"].items()}
+    # strict=False: a parameter no step has used yet (a route absent so far) has no state, as in opt.state_dict()
     set_optimizer_state_dict(
-        system, optimizer, {"state": state, "param_groups": groups}, options=StateDictOptions(full_state_dict=True)
-    )
+        system, optimizer, {"state": state, "param_groups": groups},
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )  # fmt: skip
+    # set_optimizer_state_dict first gives every parameter a state (a zero-gradient step); drop the ones the
+    # checkpoint had none for, so such a parameter starts fresh when first used, as in an uninterrupted run
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if name_of[id(p)] not in state:
+                optimizer.state.pop(p, None)

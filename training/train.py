@@ -175,7 +175,8 @@ class Run:
 
     @property
     def fsdp(self) -> bool:
-        return self.world > 1 and self.cfg.training.parallel == "fsdp"
+        """training.parallel fsdp in a process group (torchrun; one rank is enough)."""
+        return self.cfg.training.parallel == "fsdp" and dist.is_initialized()
 
     def enter_stage(self, index: int) -> None:
         stage = self.cfg.training.stages[index]
@@ -288,11 +289,16 @@ def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
 
 
 # ---- setup --------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int, torch.device]:
+def init_distributed(sharded: bool = False) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when WORLD_SIZE > 1, and also for one process
+    under torchrun (MASTER_ADDR set) when `sharded`, so fsdp runs (over one rank) on a single GPU too."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    join = world > 1 or (sharded and "MASTER_ADDR" in os.environ)
+    if join and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    if dist.is_initialized():
+        world = dist.get_world_size()
+    rank = dist.get_rank() if dist.is_initialized() else 0
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -349,8 +355,8 @@ def _tied_to_copied(key: str, own: dict[str, torch.Tensor], take: dict[str, torc
 def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path | None = None) -> Run:
     from router.pipeline import build_system
 
-    rank, world, device = init_distributed()
-    check_parallel(cfg, world)
+    rank, world, device = init_distributed(sharded=cfg.training.parallel == "fsdp")
+    check_parallel(cfg)
     torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every (re)start
     if resume:
         tokenizer = run_tokenizer(cfg, out)
@@ -403,9 +409,9 @@ def save_final(run: Run, out: Path) -> None:
         save_system(run.cfg, run.system, run.processor, out, model_weights=weights)
 
 
-def check_parallel(cfg: SuperLinkConfig, world: int) -> None:
+def check_parallel(cfg: SuperLinkConfig) -> None:
     """What training.parallel fsdp cannot do yet, said before any work starts."""
-    if world == 1 or cfg.training.parallel != "fsdp":
+    if cfg.training.parallel != "fsdp" or not dist.is_initialized():
         return
     if cfg.training.eval_every:
         raise ValueError(
@@ -464,6 +470,7 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
         save_final(run, out / FINAL)
     return {
         "ranks_in_sync": ranks_in_sync(run) if run.world > 1 else None,
+        "sharded": run.sharded is not None,
         "steps": final_step,
         "total_steps": total_steps,
         "seconds": round(time.perf_counter() - t0, 2),
