@@ -44,6 +44,7 @@ from decoders.diffusion import EditDecoder, GenerationDecoder
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
+from router.pipeline import save_system
 from training import parallel
 from training.checkpoint import FullState, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.evaluate import evaluate
@@ -395,8 +396,6 @@ def save(run: Run, step: int) -> Path | None:
 
 def save_final(run: Run, out: Path) -> None:
     """The trained system folder (router.pipeline.save_system), from rank 0; gathered first under fsdp."""
-    from router.pipeline import save_system
-
     weights = None
     if run.sharded is not None:
         state, aliases = parallel.full_model_state(run.system)  # collective
@@ -479,6 +478,15 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
         "checkpoint": str(checkpoint) if checkpoint else None,
         "model": str(out / FINAL) if final_step == total_steps else None,
     }
+
+
+def export_checkpoint(config_path: str | Path, out_dir: str | Path, dest: str | Path) -> dict:
+    """Write the latest checkpoint under OUT/checkpoints as a model folder (what a finished run leaves in OUT/model)."""
+    cfg, out = load_config(config_path), Path(out_dir)
+    run = build_run(cfg, out, resume=True)
+    step = restore(run)
+    save_final(run, Path(dest))
+    return {"step": step, "stage": cfg.training.stages[run.stage].name, "model": str(dest)}
 
 
 def ranks_in_sync(run: Run) -> bool:
