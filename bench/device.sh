@@ -12,7 +12,8 @@
 #     site-packages (so the machine's CUDA torch is reused, never replaced), and only tries `pip install` for
 #     the dependencies that fail to import (offline, that attempt fails fast and is reported);
 #   - $OUT is where results must go (the device tool returns its files); defaults to bench/out.
-# Steps and their time limits: pytest -m gpu (180 s), bench/realscale.py --json (300 s). Results:
+# Steps and their time limits: pytest -m gpu (240 s; includes training.parallel fsdp under torchrun on one GPU
+# with nccl), bench/realscale.py --json (300 s). Results:
 #   $OUT/gpu_tests.txt, $OUT/realscale.json, $OUT/realscale.log; the JSON is also the last line printed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +68,7 @@ else
   GPU_TESTS=()
   BENCH=()
 fi
-timeout 180 "$VPY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+timeout 240 "$VPY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
 echo "pytest -m gpu exit: ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_tests.txt"
 timeout 300 "$VPY" bench/realscale.py --json "${BENCH[@]}" > "$OUT/realscale.log" 2>&1
 echo "realscale exit: $?"

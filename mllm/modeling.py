@@ -414,11 +414,20 @@ class SuperLinkModel(nn.Module):
 
     # ----- save / load -------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write model.safetensors, superlink_config.json, llava_config.json and the tokenizer files."""
+    def save_pretrained(
+        self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None, aliases: dict[str, str] | None = None
+    ) -> None:
+        """Write model.safetensors, superlink_config.json, llava_config.json and the tokenizer files.
+
+        weights/aliases: this model's tensors gathered elsewhere (a sharded training run), tied tensors stored
+        once and `aliases` naming the dropped copies, written instead of the module's own parameters.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        safetensors.torch.save_model(self, str(d / WEIGHTS_FILE))  # shared/tied tensors stored once
+        if weights is None:
+            safetensors.torch.save_model(self, str(d / WEIGHTS_FILE))  # shared/tied tensors stored once
+        else:
+            safetensors.torch.save_file(weights, str(d / WEIGHTS_FILE), metadata=aliases or None)
         saved = self.config.model_copy(update={"pretrained": None})  # this folder holds the weights now
         (d / CONFIG_FILE).write_text(saved.model_dump_json(indent=2))
         self.llava.config.to_json_file(str(d / LLAVA_CONFIG_FILE))

@@ -100,6 +100,11 @@ class TrainingConfig(StrictModel):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # How a multi-process run (torchrun, WORLD_SIZE > 1) splits the work (training.parallel): "ddp" keeps a whole
+    # replica per rank (DistributedDataParallel); "fsdp" shards the LLM's weights, gradients and optimizer state
+    # over the ranks (torch FSDP2 fully_shard) from the first stage that trains it, for 7B-scale full or LoRA
+    # fine-tuning; the decoders, projectors and query tables stay replicated. A run outside torchrun ignores it.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     stages: list[StageConfig] = [StageConfig(name="stage1", steps=100)]
     task_weights: dict[str, float] = {}  # ShapesWorld task -> sampling weight
     # Where batch rows come from and in which shares (router/sources.py); relative paths are read from the

@@ -142,11 +142,14 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
     total, stats = out.loss, {}
     for route, links in (out.link_states.items() if decoders else ()):
         rows, targets = route_targets(batch.samples, route, links.index)
-        parts[route] = decoder_loss(system, route, links.states, rows, targets, batch.images)
+        # An alias of the model's output: link_health differentiates w.r.t. it, so its extra backward stops
+        # here and never reaches the model (an FSDP-sharded model would take it for a backward of its own).
+        states = links.states.view_as(links.states)
+        parts[route] = decoder_loss(system, route, states, rows, targets, batch.images)
         weighted = weights.get(route, 1.0) * parts[route]
         total = total + weighted
         if health:
-            stats.update(link_health(system, route, links.states, weighted))
+            stats.update(link_health(system, route, states, weighted))
     fq = system.model.config.format_queries
     rows = [i for i, s in enumerate(batch.samples) if s.task in FORMAT_TASKS]
     if fq is not None and rows:  # output-format-as-query: set loss on the slots after each prompt

@@ -599,16 +599,26 @@ def build_system(
     return system, processor
 
 
-def save_system(config: SuperLinkConfig, system: SuperLinkSystem, processor: Any, out_dir: Path) -> Path:
+def save_system(
+    config: SuperLinkConfig,
+    system: SuperLinkSystem,
+    processor: Any,
+    out_dir: Path,
+    model_weights: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
+) -> Path:
     """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders).
 
     A decoder that was loaded from a `pretrained` folder is written whole to decoders/<name>/ in its own
     format instead (architecture included), and the saved config no longer names any pretrained folder:
-    the saved folder is all a later load needs.
+    the saved folder is all a later load needs. model_weights: the MLLM's tensors and tied-name aliases
+    gathered from a sharded run (keys without the `model.` prefix), written instead of its own parameters.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if system.model is not None:
-        system.model.save_pretrained(out_dir / MLLM_DIR)
+        if model_weights is None:
+            system.model.save_pretrained(out_dir / MLLM_DIR)
+        else:
+            system.model.save_pretrained(out_dir / MLLM_DIR, *model_weights)
         config = config.model_copy(update={"model": system.model.config})  # records LoRA if applied
     standalone = pretrained_decoders(config, list(system.decoders))
     for name in standalone:

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 LATEST = "latest"
+
+
+@dataclass
+class FullState:
+    """A sharded run's state gathered on rank 0, in the unsharded format (training.parallel.full_state)."""
+
+    weights: dict[str, torch.Tensor]  # tied tensors stored once, as safetensors.torch.save_model stores them
+    aliases: dict[str, str]  # dropped tied name -> kept name (save_model's metadata)
+    optimizer: dict[str, Any]  # an optimizer state_dict(): states keyed by parameter index
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -40,9 +50,9 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 # ---- optimizer ---------------------------------------------------------------------------------
-def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimizer state -> (tensors, JSON scalars); tensors keyed 'state.<param index>.<name>'."""
-    sd = opt.state_dict()
+def optimizer_to_flat(opt: torch.optim.Optimizer | dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state (or its state_dict()) -> (tensors, JSON scalars); tensors keyed 'state.<param index>.<name>'."""
+    sd = opt if isinstance(opt, dict) else opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for pid, st in sd["state"].items():
@@ -54,12 +64,17 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def flat_to_state_dict(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of optimizer_to_flat: an optimizer state_dict() (states keyed by parameter index)."""
     state: dict[int, dict[str, Any]] = {}
     for key, v in [*tensors.items(), *meta["scalars"].items()]:
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    opt.load_state_dict(flat_to_state_dict(tensors, meta))
 
 
 # ---- RNG ---------------------------------------------------------------------------------------
@@ -88,13 +103,22 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict[str, Any],
     keep: int = 2,
+    full: FullState | None = None,
 ) -> Path:
-    """Write checkpoint `step` under root/ atomically and point root/latest at it; keep the newest `keep`."""
+    """Write checkpoint `step` under root/ atomically and point root/latest at it; keep the newest `keep`.
+
+    full: the system's and optimizer's state already gathered from a sharded run (training.parallel), written
+    in place of `system`'s and `optimizer`'s own, in the same format.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}."))
-    save_model(system, str(tmp / "weights.safetensors"))
-    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    if full is None:
+        save_model(system, str(tmp / "weights.safetensors"))
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    else:
+        save_file(full.weights, str(tmp / "weights.safetensors"), metadata=full.aliases or None)
+        opt_tensors, opt_meta = optimizer_to_flat(full.optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rng_tensors, rng_scalars = rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
@@ -124,11 +148,23 @@ def load_checkpoint(
     system: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from `path`; returns trainer.json."""
+    """Restore weights, optimizer, scheduler and RNG from `path`; returns trainer.json.
+
+    sharded: `system` holds FSDP-sharded parameters (training.parallel fsdp); every rank reads the full
+    checkpoint and keeps its shards (a collective: call it on every rank).
+    """
     meta = json.loads((path / "trainer.json").read_text())
-    missing, unexpected = load_model(system, str(path / "weights.safetensors"), strict=True)
-    optimizer_from_flat(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+    opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    if sharded:
+        from training.parallel import load_full_state
+
+        weights = load_file(str(path / "weights.safetensors"))
+        load_full_state(system, optimizer, weights, flat_to_state_dict(opt_tensors, meta["optimizer"]))
+    else:
+        load_model(system, str(path / "weights.safetensors"), strict=True)
+        optimizer_from_flat(optimizer, opt_tensors, meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
     return meta

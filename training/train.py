@@ -18,8 +18,11 @@ and torch is reseeded from (seed, s) before each step, so a resumed run replays 
 same data and noise and ends with the same parameters as an uninterrupted one.
 
 Multi-GPU: launch with `torchrun --nproc_per_node N -m training.train CONFIG --out DIR`;
-when WORLD_SIZE > 1 the process group is initialised (nccl on CUDA, gloo on CPU), the
-system is wrapped in DistributedDataParallel and each rank draws its own samples.
+when WORLD_SIZE > 1 the process group is initialised (nccl on CUDA, gloo on CPU) and each
+rank draws its own samples. training.parallel picks how: "ddp" wraps the system in
+DistributedDataParallel; "fsdp" shards the LLM with FSDP2 from the first stage that trains
+it (training.parallel), keeps the rest replicated and averages its gradients itself.
+Checkpoints have one format whatever the mode, so either mode resumes the other's.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from router.loss import TrainBatch, collate, joint_loss
 from router.pipeline import save_system
 from router.samples import TaskSample
 from router.sources import DataMix, data_tokenizer
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training import parallel
+from training.checkpoint import FullState, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.evaluate import evaluate
 
 CHECKPOINTS = "checkpoints"
@@ -163,18 +167,51 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     engine: nn.Module | None = None  # the loss module, or its DDP wrapper
     decoder_flags: dict[str, bool] = field(default_factory=dict)
+    sharded: nn.Module | None = None  # fsdp: the FSDP root (system.model) once the LLM is sharded
+    replicated: list[nn.Parameter] = field(default_factory=list)  # fsdp: trainable parameters FSDP does not hold
+
+    @property
+    def fsdp(self) -> bool:
+        """training.parallel fsdp in a process group (torchrun; one rank is enough)."""
+        return self.cfg.training.parallel == "fsdp" and dist.is_initialized()
 
     def enter_stage(self, index: int) -> None:
         stage = self.cfg.training.stages[index]
-        set_trainable(self.system, stage, self.decoder_flags)
+        if self.sharded is not None and stage.train_llm == "lora" and not _lora_applied(self.system):
+            raise ValueError(
+                f"stage {stage.name!r}: training.parallel fsdp cannot add LoRA to an LLM an earlier 'full' stage "
+                "already sharded; put the lora stages before the full ones, or use parallel: ddp"
+            )
+        set_trainable(self.system, stage, self.decoder_flags)  # applies LoRA on the first lora stage
+        if self.fsdp and self.sharded is None and stage.train_llm != "frozen":
+            parallel.broadcast_from_rank0(self.system)  # e.g. LoRA's fresh adapters, drawn per rank
+            self.sharded = parallel.shard_llm(self.system, self.cfg.training.mixed_precision)
         for decoder in self.system.decoders.values():
             if isinstance(decoder, (GenerationDecoder, EditDecoder)):
                 decoder.conditioning = stage.decoder_conditioning
         self.optimizer = build_optimizer(self.system, stage, self.cfg.training.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, stage)
         engine = _LossModule(self.system, self.cfg.training.loss_weights, stage.decoder_losses)
-        self.engine = _wrap_ddp(engine, self.device) if self.world > 1 else engine
+        if self.fsdp:
+            self.replicated = parallel.replicated_trainable(self.system)
+            self.engine = engine
+        else:
+            self.engine = _wrap_ddp(engine, self.device) if self.world > 1 else engine
         self.stage = index
+
+    def full_state(self) -> FullState | None:
+        """Collective under fsdp once sharded: the whole state on rank 0 (None elsewhere); None otherwise."""
+        if self.sharded is None:
+            return None
+        weights, aliases = parallel.full_model_state(self.system)
+        optimizer = parallel.full_optimizer_state(self.system, self.optimizer)
+        return FullState(weights, aliases, optimizer) if self.rank == 0 else None
+
+
+def _lora_applied(system: SuperLinkSystem) -> bool:
+    from mllm.lora import is_lora_applied
+
+    return is_lora_applied(system.model)
 
 
 class _LossModule(nn.Module):
@@ -218,7 +255,9 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     batch = collate(run.processor, samples)
     batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
     last = micro == run.cfg.training.grad_accum - 1
-    sync = contextlib.nullcontext() if last or run.world == 1 else run.engine.no_sync()
+    if run.sharded is not None:  # reduce-scatter the LLM's gradients on the last micro-step only
+        run.sharded.set_requires_gradient_sync(last)
+    sync = contextlib.nullcontext() if last or run.world == 1 or run.fsdp else run.engine.no_sync()
     with sync, _autocast(run.cfg, run.device):
         total, parts, extra = run.engine(batch, health=(step + 1) % run.cfg.training.log_every == 0)
         (total / run.cfg.training.grad_accum).backward()
@@ -231,10 +270,14 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
 
 
 def optimizer_step(run: Run) -> None:
+    if run.fsdp:
+        parallel.sync_grads(run.replicated, run.world)
     if run.cfg.training.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in run.system.parameters() if p.grad is not None], run.cfg.training.max_grad_norm
-        )
+        with_grad = [p for p in run.system.parameters() if p.grad is not None]
+        if run.fsdp:
+            parallel.clip_grad_norm(with_grad, run.cfg.training.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(with_grad, run.cfg.training.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -246,11 +289,16 @@ def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
 
 
 # ---- setup --------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int, torch.device]:
+def init_distributed(sharded: bool = False) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when WORLD_SIZE > 1, and also for one process
+    under torchrun (MASTER_ADDR set) when `sharded`, so fsdp runs (over one rank) on a single GPU too."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    join = world > 1 or (sharded and "MASTER_ADDR" in os.environ)
+    if join and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    if dist.is_initialized():
+        world = dist.get_world_size()
+    rank = dist.get_rank() if dist.is_initialized() else 0
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -308,7 +356,8 @@ def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path 
     from router.pipeline import build_system
 
     data = DataMix(cfg)  # opens every source: a bad path fails here, before the model is built
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(sharded=cfg.training.parallel == "fsdp")
+    check_parallel(cfg)
     torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every (re)start
     if resume:
         tokenizer = run_tokenizer(cfg, out)
@@ -335,15 +384,46 @@ def restore(run: Run) -> int:
     meta = json.loads((path / "trainer.json").read_text())
     for k in range(meta["stage"] + 1):  # replay stage entries so LoRA is applied if it was
         run.enter_stage(k)
-    load_checkpoint(path, run.system, run.optimizer, run.scheduler)
+    load_checkpoint(path, run.system, run.optimizer, run.scheduler, sharded=run.sharded is not None)
     return int(meta["step"])
 
 
 def save(run: Run, step: int) -> Path | None:
+    full = run.full_state()  # collective under fsdp: every rank calls save
     if run.rank != 0:
         return None
     extra = {"stage": run.stage, "config": run.cfg.model_dump(mode="json")}
-    return save_checkpoint(run.out / CHECKPOINTS, step, run.system, run.optimizer, run.scheduler, extra)
+    return save_checkpoint(run.out / CHECKPOINTS, step, run.system, run.optimizer, run.scheduler, extra, full=full)
+
+
+def save_final(run: Run, out: Path) -> None:
+    """The trained system folder (router.pipeline.save_system), from rank 0; gathered first under fsdp."""
+    weights = None
+    if run.sharded is not None:
+        state, aliases = parallel.full_model_state(run.system)  # collective
+        strip = len("model.")
+        weights = (
+            {k[strip:]: v for k, v in state.items() if k.startswith("model.")},
+            {k[strip:]: v[strip:] for k, v in aliases.items() if k.startswith("model.")},
+        )
+    if run.rank == 0:
+        save_system(run.cfg, run.system, run.processor, out, model_weights=weights)
+
+
+def check_parallel(cfg: SuperLinkConfig) -> None:
+    """What training.parallel fsdp cannot do yet, said before any work starts."""
+    if cfg.training.parallel != "fsdp" or not dist.is_initialized():
+        return
+    if cfg.training.eval_every:
+        raise ValueError(
+            "training.parallel fsdp: eval_every must be 0 (evaluation runs on rank 0 alone, but a sharded LLM "
+            "needs every rank); evaluate the saved model afterwards (superlink eval)"
+        )
+    if cfg.model.format_queries is not None:
+        raise ValueError(
+            "training.parallel fsdp: model.format_queries is not supported (its extra LLM pass runs only on "
+            "ranks whose batch holds native-detection rows); use parallel: ddp"
+        )
 
 
 # ---- entry point --------------------------------------------------------------------------------
@@ -387,10 +467,11 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
             break
     final_step = max(start, stop)
     checkpoint = save(run, final_step) if history or not resume else latest_checkpoint(out / CHECKPOINTS)
-    if final_step == total_steps and run.rank == 0:
-        save_system(cfg, run.system, run.processor, out / FINAL)
+    if final_step == total_steps:
+        save_final(run, out / FINAL)
     return {
         "ranks_in_sync": ranks_in_sync(run) if run.world > 1 else None,
+        "sharded": run.sharded is not None,
         "steps": final_step,
         "total_steps": total_steps,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -406,12 +487,14 @@ def export_checkpoint(config_path: str | Path, out_dir: str | Path, dest: str | 
     cfg, out = load_config(config_path), Path(out_dir)
     run = build_run(cfg, out, resume=True)
     step = restore(run)
-    save_system(cfg, run.system, run.processor, Path(dest))
+    save_final(run, Path(dest))
     return {"step": step, "stage": cfg.training.stages[run.stage].name, "model": str(dest)}
 
 
 def ranks_in_sync(run: Run) -> bool:
-    """Whether every rank ends with the same parameters (DDP averaged the gradients)."""
+    """Whether every rank ends with the same parameters (DDP, or fsdp's replicated part, averaged the gradients)."""
+    if run.fsdp:
+        return parallel.in_sync(run.system, run.device)
     with torch.no_grad():
         digest = torch.stack([p.double().sum() for p in run.system.parameters()]).sum().reshape(1).to(run.device)
     gathered = [torch.zeros_like(digest) for _ in range(run.world)]
@@ -432,7 +515,7 @@ def iter_log(out_dir: str | Path) -> Iterator[dict]:
 
 
 def main() -> None:
-    """torchrun --nproc_per_node N -m training.train CONFIG [OUT | --out OUT] [--resume]"""
+    """torchrun --nproc_per_node N -m training.train CONFIG [OUT | --out OUT] [--resume] [--max-steps N]"""
     import argparse
 
     ap = argparse.ArgumentParser(description="SuperLink joint training (one process per GPU under torchrun)")
@@ -440,8 +523,9 @@ def main() -> None:
     ap.add_argument("out_pos", nargs="?", default=None, metavar="OUT")
     ap.add_argument("--out", default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this global step (with a checkpoint)")
     args = ap.parse_args()
-    result = train(args.config, args.out or args.out_pos or "runs/train", resume=args.resume)
+    result = train(args.config, args.out or args.out_pos or "runs/train", resume=args.resume, max_steps=args.max_steps)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
     if dist.is_initialized():
