@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from router.pipeline import Pipeline, forced_answer_hook, generation_groups
+from router.routes import ROUTES
 from router.schemas import Detection, GeneratedImage, Item, Request, Response
 from router.stages import DecoderCall, DecoderResult, GenerationResult, LinkRecord, Prepared, RequestError
 from services.cancel import check as check_cancelled
@@ -144,7 +145,8 @@ class FakePipeline:
         if name in self.fail:
             raise RuntimeError(f"{name} is broken on purpose")
         self.decoder_calls.append((name, len(calls)))
-        return [DecoderResult(request=c.request, event=c.event, route=c.route, phrase=c.phrase, items=[_item(c)]) for c in calls]
+        return [DecoderResult(request=c.request, event=c.event, route=c.route, phrase=c.phrase, items=[_item(c)],
+                             noun=ROUTES[c.route].noun if c.route in ROUTES else "result") for c in calls]
 
     def assemble(
         self,
