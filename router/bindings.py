@@ -7,6 +7,7 @@ what every route shares: the system (MLLM + one projector per route + decoders b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from decoders.config import BUILTIN_DECODERS
+from decoders.registry import decoder_kind
 from router.config import SuperLinkConfig
 from router.projectors import (
     PROJECTORS,
@@ -135,24 +138,29 @@ def run_route(system: SuperLinkSystem, route: str, calls: Sequence[DecoderCall])
     return [DecoderResult(c.request, c.event, c.route, c.phrase, items=items[i], noun=binding.noun) for i, c in enumerate(calls)]
 
 
-# ---- decoder builders ------------------------------------------------------------------------
-def build_detector(cfg: SuperLinkConfig) -> nn.Module:
-    from decoders.detection import DetectionDecoder
+# ---- decoders, built from the `decoders:` entries by name (decoders.registry) --------------------------
+def build_decoder(cfg: SuperLinkConfig, name: str) -> nn.Module:
+    """The decoder of the `decoders:` entry `name`, built by its kind's builder."""
+    kind = decoder_kind(cfg.decoders.kind_of(name))
+    return kind.build(cfg.decoders[name], cfg.decoders.sections())
 
-    c = cfg.decoders.detector
-    return DetectionDecoder.from_pretrained(c.pretrained, c) if c.pretrained else DetectionDecoder(c)
+
+def build_detector(cfg: SuperLinkConfig) -> nn.Module:
+    return build_decoder(cfg, "detector")
 
 
 def build_keypoints(cfg: SuperLinkConfig) -> nn.Module:
     """The [POSE] decoder with its own detector (loaded from detector.pretrained when set). With
     keypoints.share_detector the detector is a placeholder until `share_decoders` gives it the real one."""
-    from decoders.detection import DetectionDecoder
-    from decoders.keypoints import KeypointDecoder
+    return build_decoder(cfg, "keypoints")
 
-    det = cfg.decoders.detector
-    if cfg.decoders.keypoints.share_detector and det.pretrained:
-        return KeypointDecoder(cfg.decoders.keypoints, DetectionDecoder(det.model_copy(update={"pretrained": None})))
-    return KeypointDecoder.build(cfg.decoders.keypoints, det)
+
+def build_generator(cfg: SuperLinkConfig) -> nn.Module:
+    return build_decoder(cfg, "generator")
+
+
+def build_editor(cfg: SuperLinkConfig) -> nn.Module:
+    return build_decoder(cfg, "editor")
 
 
 def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None:
@@ -166,50 +174,39 @@ def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None
         decoders["keypoints"].detector = build_detector(cfg)
 
 
-def build_generator(cfg: SuperLinkConfig) -> nn.Module:
-    from decoders.diffusion import GenerationDecoder
-
-    c = cfg.decoders.generator
-    return GenerationDecoder.from_pretrained_sd(c.pretrained, c) if c.pretrained else GenerationDecoder(c)
-
-
-def build_editor(cfg: SuperLinkConfig) -> nn.Module:
-    from decoders.diffusion import EditDecoder
-
-    c = cfg.decoders.editor
-    return EditDecoder.from_pretrained_ip2p(c.pretrained, c) if c.pretrained else EditDecoder(c)
-
-
 DecoderLoader = Callable[[Path], nn.Module]
 
 
-def default_decoder_loaders() -> dict[str, DecoderLoader]:
-    """Decoder name -> loader of the folder its save_pretrained wrote (a self-contained saved system)."""
-    from decoders.detection import DetectionDecoder
-    from decoders.diffusion import EditDecoder, GenerationDecoder
-    from decoders.keypoints import KeypointDecoder
+def config_decoder_builders(cfg: SuperLinkConfig) -> dict[str, DecoderBuilder]:
+    """A builder for every `decoders:` entry of `cfg`, by name."""
+    return {name: functools.partial(build_decoder, name=name) for name in cfg.decoders.names()}
 
-    return {
-        "detector": DetectionDecoder.from_pretrained,
-        "keypoints": KeypointDecoder.from_pretrained,
-        "generator": GenerationDecoder.from_pretrained,
-        "editor": EditDecoder.from_pretrained,
-    }
+
+def decoder_loaders(cfg: SuperLinkConfig) -> dict[str, DecoderLoader]:
+    """Decoder name -> loader of the folder its save_pretrained wrote (a self-contained saved system)."""
+    kinds = {name: decoder_kind(cfg.decoders.kind_of(name)) for name in cfg.decoders.names()}
+    return {name: k.load for name, k in kinds.items() if k.load is not None}
+
+
+def default_decoder_loaders() -> dict[str, DecoderLoader]:
+    """The built-in decoders' loaders."""
+    return {name: decoder_kind(name).load for name in BUILTIN_DECODERS}
 
 
 def pretrained_decoders(cfg: SuperLinkConfig, names: Sequence[str]) -> list[str]:
     """Those of `names` built from a `pretrained` folder (keypoints: from the detector's)."""
-    folder = {
-        "detector": cfg.decoders.detector.pretrained,
-        "keypoints": cfg.decoders.detector.pretrained,
-        "generator": cfg.decoders.generator.pretrained,
-        "editor": cfg.decoders.editor.pretrained,
-    }
-    return [n for n in names if folder.get(n)]
+    sections = cfg.decoders.sections()
+    out = []
+    for n in names:
+        kind = decoder_kind(cfg.decoders.kind_of(n)) if n in sections else None
+        if kind is not None and kind.pretrained is not None and kind.pretrained(sections[n], sections):
+            out.append(n)
+    return out
 
 
 # ---- the table ---------------------------------------------------------------------------------
 def default_decoder_builders() -> dict[str, DecoderBuilder]:
+    """Builders of the built-in decoders (config_decoder_builders covers a config's own entries too)."""
     return {"detector": build_detector, "keypoints": build_keypoints, "generator": build_generator, "editor": build_editor}
 
 

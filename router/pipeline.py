@@ -41,9 +41,8 @@ from router.bindings import (
     DecoderBuilder,
     SuperLinkSystem,
     check_table,
-    default_bindings,
-    default_decoder_builders,
-    default_decoder_loaders,
+    config_decoder_builders,
+    decoder_loaders,
     perception_projector,
     pretrained_decoders,
     run_route,
@@ -51,6 +50,7 @@ from router.bindings import (
 )
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
+from router.routes import ROUTES
 from router.schemas import Options, Request, Response
 from router.stages import (
     GENERATED_TEXT_SINK,
@@ -550,6 +550,14 @@ def _corpus_tokenizer(config_json: str) -> Any:
     return build_tokenizer(texts, Vocabulary.from_config(cfg), vocab_size=cfg.text.tokenizer_vocab_size)
 
 
+def model_config_of(preset_or_dir: str | Path) -> SuperLinkConfig:
+    """The system config `Pipeline.from_pretrained(preset_or_dir)` would use, without building anything."""
+    path = Path(preset_or_dir)
+    if not path.is_dir():
+        path = shipped_checkpoint(str(preset_or_dir)) or path
+    return load_config(path / SYSTEM_CONFIG) if path.is_dir() else load_config(preset_or_dir)
+
+
 def build_model(config: SuperLinkConfig, tokenizer: Any = None) -> Any:
     """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set).
 
@@ -587,12 +595,12 @@ def route_table(
         perception = PROJECTORS[config.link_projector]
         table = {
             r: replace(b, projector=perception) if b.projector is perception_projector else b
-            for r, b in default_bindings().items()
+            for r, b in ROUTES.items()
             if r in config.model.routes
         }
     else:
         table = dict(bindings)
-    builders = dict(default_decoder_builders() if decoder_builders is None else decoder_builders)
+    builders = dict(config_decoder_builders(config) if decoder_builders is None else decoder_builders)
     check_table(table, list(config.model.routes), builders)
     return table, builders
 
@@ -647,8 +655,9 @@ def without_pretrained(config: SuperLinkConfig) -> SuperLinkConfig:
     """`config` with every `pretrained` folder cleared (what a saved, self-contained system records)."""
     out = config.model_copy(deep=True)
     out.model.pretrained = None
-    for section in (out.decoders.detector, out.decoders.generator, out.decoders.editor):
-        section.pretrained = None
+    for section in out.decoders.sections().values():
+        if getattr(section, "pretrained", None) is not None:  # the decoder kinds loaded from a folder
+            section.pretrained = None
     return out
 
 
@@ -682,7 +691,7 @@ def _load_decoders(
 ) -> dict[str, Any]:
     """Decoders saved whole under decoders/<name>/ load from there; the rest are built from the config."""
     wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
-    loaders = default_decoder_loaders()
+    loaders = decoder_loaders(config)
     own = {n for n in wanted if (path / DECODERS_DIR / n).is_dir() and n in loaders}
     built = _pick_decoders(config, table, builders, [n for n in wanted if n not in own])
     built.update({n: loaders[n](path / DECODERS_DIR / n) for n in sorted(own)})

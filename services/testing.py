@@ -20,12 +20,12 @@ from types import SimpleNamespace
 import numpy as np
 
 from router.pipeline import Pipeline, forced_answer_hook, generation_groups
-from router.routes import ROUTES
+from router.routes import BUILTIN_ROUTES, ROUTES, route_decoders
 from router.schemas import Detection, GeneratedImage, Item, Request, Response
 from router.stages import DecoderCall, DecoderResult, GenerationResult, LinkRecord, Prepared, RequestError
 from services.cancel import check as check_cancelled
-from services.config import ROUTE_DECODERS
 
+ROUTE_DECODERS = route_decoders(BUILTIN_ROUTES)  # the fake serves the built-in routes
 KEYWORDS = {"detect": "DET", "segment": "SEG", "ground": "GRD", "pose": "POSE", "draw": "GEN", "edit": "EDIT"}
 
 
