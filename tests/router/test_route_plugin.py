@@ -69,3 +69,14 @@ def test_count_route_answers_saves_and_loads(count_pipe, scene_png, tmp_path):
     again = Pipeline.from_pretrained(saved, decoders=["counter"])  # the decoders this pipeline holds
     again.logits_hook = forced_answer_hook(again.processor.tokenizer, ["Sure, the circles [COUNT]."])
     assert again(request).parts == resp.parts
+
+
+def test_count_route_evaluation_hook(count_pipe):
+    from evaluation.suite import Scored, route_metrics
+    from router.schemas import Response
+    from tests.plugins.count_route import Count, count_sample
+
+    sample = count_sample(np.random.default_rng(1))
+    n = len(sample.targets[0].boxes)
+    resp = Response(text="", raw_text="", parts=[Count(route="COUNT", label="x", count=n + 0.5)])
+    assert route_metrics(count_pipe, [Scored("count", sample, resp)]) == {"count_mae": 0.5}
