@@ -139,6 +139,32 @@ class Pipeline:
         """Move to `device`/`dtype`, or to the config's `device`/`dtype` where they are None."""
         return self.to(device or self.config.device, dtype or self.config.dtype)
 
+    def add_routes(self, config: SuperLinkConfig, decoder_builders: Mapping[str, DecoderBuilder] | None = None) -> list[str]:
+        """Grow this (trained) pipeline to the routes `config` declares: those the model lacks are added
+        (SuperLinkModel.add_routes: tokens appended, embeddings at the mean, new query tables), with their
+        projectors and any decoder they need built from `config`. Every other weight is kept, so the old routes
+        answer as before; the new parts are untrained. Returns the routes added."""
+        from mllm.processor import SuperLinkProcessor
+
+        model = self.system.model
+        if model is None:
+            raise ValueError("add_routes needs the MLLM in this process (with_model=True)")
+        added = model.add_routes(config.model.routes)
+        config = config.model_copy(update={"model": model.config})
+        table, builders = route_table(config, None, decoder_builders)
+        ref = next(model.parameters())
+        for route in (r for r in added if r in table):
+            spec = table[route]
+            if spec.decoder not in self.system.decoders:
+                self.system.decoders[spec.decoder] = builders[spec.decoder](config).to(ref.device)
+            link_dim = int(self.system.decoders[spec.decoder].link_dim)
+            self.system.projectors[route] = spec.projector(model.llava.config.text_config.hidden_size, link_dim).to(ref.device)
+            self.system.table[route] = spec
+            self.deployed_routes.append(route)
+        self.config = config
+        self.processor = SuperLinkProcessor(model.tokenizer, model.config)
+        return added
+
     def save_pretrained(self, out_dir: str | Path) -> Path:
         return save_system(self.config, self.system, self.processor, Path(out_dir))
 
