@@ -79,3 +79,25 @@ def test_shipped_model_grows_a_route(tmp_path):
     again.logits_hook = forced_answer_hook(again.processor.tokenizer, ["the circles [COUNT]."])
     resp = again(Request(images=[Image.fromarray(scene.image)], instruction="How many circles?"))
     assert resp.errors == [] and isinstance(resp.parts[0], Count)
+
+
+def test_train_init_grows_the_shipped_model(tmp_path):
+    """`superlink train CONFIG --init checkpoints/shapes` where CONFIG declares a route the checkpoint lacks."""
+    from safetensors.torch import load_file
+
+    from router.config import load_config
+    from tests.router.test_route_plugin import count_config
+    from training.train import build_run
+
+    cfg = count_config(load_config(CKPT / SYSTEM_CONFIG))
+    run = build_run(cfg, tmp_path / "run", init=CKPT)
+    saved = load_file(str(CKPT / "mllm" / "model.safetensors"))
+    key = next(k for k in saved if k.endswith("embed_tokens.weight"))
+    old = saved[key]
+    emb = run.system.model.llava.get_input_embeddings().weight.detach()
+    assert emb.shape[0] == old.shape[0] + 2  # [COUNT] and [COUNT_Q] appended
+    assert torch.equal(emb[: len(old)], old) and torch.allclose(emb[len(old) :], old.mean(0).expand(2, -1), atol=1e-6)
+    assert run.system.model.tokenizer.convert_tokens_to_ids("[COUNT]") == len(old)
+    heads = load_file(str(CKPT / "heads.safetensors"))
+    own = run.system.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in heads.items())  # every saved head kept
