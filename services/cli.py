@@ -105,10 +105,18 @@ def train(
     max_minutes: Annotated[
         float | None, typer.Option(help="stop (with a checkpoint to --resume from) after this many minutes")
     ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="do not train: write --out's latest checkpoint as a model folder here "
+                                       "(for `superlink eval --model DIR` mid-run)")
+    ] = None,
 ) -> None:
     """Joint end-to-end training: LM loss + weighted decoder losses through the super links."""
+    from training.train import export_checkpoint
     from training.train import train as train_fn
 
+    if export is not None:
+        _print_json_last(export_checkpoint(config, out, export), as_json=True)
+        return
     _print_json_last(train_fn(config, out, resume=resume, init=init, max_minutes=max_minutes), as_json=True)
 
 

@@ -41,6 +41,7 @@ from decoders.diffusion import EditDecoder, GenerationDecoder
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
+from router.pipeline import save_system
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.evaluate import evaluate
 
@@ -410,8 +411,6 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
     final_step = max(start, stop)
     checkpoint = save(run, final_step) if history or not resume else latest_checkpoint(out / CHECKPOINTS)
     if final_step == total_steps and run.rank == 0:
-        from router.pipeline import save_system
-
         save_system(cfg, run.system, run.processor, out / FINAL)
     return {
         "ranks_in_sync": ranks_in_sync(run) if run.world > 1 else None,
@@ -423,6 +422,15 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
         "checkpoint": str(checkpoint) if checkpoint else None,
         "model": str(out / FINAL) if final_step == total_steps else None,
     }
+
+
+def export_checkpoint(config_path: str | Path, out_dir: str | Path, dest: str | Path) -> dict:
+    """Write the latest checkpoint under OUT/checkpoints as a model folder (what a finished run leaves in OUT/model)."""
+    cfg, out = load_config(config_path), Path(out_dir)
+    run = build_run(cfg, out, resume=True)
+    step = restore(run)
+    save_system(cfg, run.system, run.processor, Path(dest))
+    return {"step": step, "stage": cfg.training.stages[run.stage].name, "model": str(dest)}
 
 
 def ranks_in_sync(run: Run) -> bool:

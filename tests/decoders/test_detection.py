@@ -375,3 +375,21 @@ def test_old_detectors_have_no_calibration_parameters(cfg):
     """Both aids default off, so a checkpoint saved before they existed loads with the same keys."""
     names = {n for n, _ in DetectionDecoder(cfg).named_parameters()}
     assert not any("logit_" in n for n in names)
+
+
+def test_align_weight_pulls_each_phrase_link_towards_its_own_text_embedding(cfg):
+    """align_weight adds MSE(link vector, frozen text embedding of the phrase); padded phrases stay out of it."""
+    torch.manual_seed(0)
+    plain = DetectionDecoder(cfg).train()
+    dec = DetectionDecoder(cfg.model_copy(update={"align_weight": 0.5})).train()
+    dec.load_state_dict(plain.state_dict())  # no new parameters: old checkpoints load unchanged
+    batch = make_batch(dec, requires_grad=True)
+    out = dec(batch, make_targets(with_masks=False))
+    assert "loss_align" in out.losses and "loss_align" not in plain(make_batch(plain), make_targets(False)).losses
+    real = batch.phrase_states.detach().mean(2)[batch.phrase_mask]
+    names = [p for ps in batch.phrases for p in ps]
+    texts = dec.text_encoder.pooled(names)
+    assert torch.allclose(out.losses["loss_align"], torch.nn.functional.mse_loss(real, texts))
+    assert not torch.allclose(texts[0], texts[1])  # distinct phrases get distinct targets
+    grad = torch.autograd.grad(dec.config.align_weight * dec.align_loss(batch), batch.phrase_states)[0]
+    assert grad[~batch.phrase_mask].abs().sum() == 0 and grad[batch.phrase_mask].abs().sum() > 0

@@ -19,6 +19,7 @@ from training.train import (
     TOKENIZER,
     batch_samples,
     build_optimizer,
+    export_checkpoint,
     group_of,
     set_trainable,
     stage_at,
@@ -174,3 +175,16 @@ def test_init_warm_starts_from_a_saved_model_and_max_minutes_stops_with_a_checkp
     now = _final_weights(tmp_path / "third")
     same = [k for k in saved if k.startswith("decoders.generator.") and torch.equal(now[k], saved[k])]
     assert same, "no decoder tensor kept its warm-start value"
+
+
+def test_export_writes_a_checkpoint_as_the_model_folder_a_finished_run_leaves(tmp_path):
+    cfg = _tiny_run_config(tmp_path)
+    full = train(cfg, tmp_path / "full")
+    exported = export_checkpoint(cfg, tmp_path / "full", tmp_path / "exported")
+    assert exported["step"] == 3 and exported["stage"] == "lora"
+    a = load_file(str(Path(full["model"]) / "heads.safetensors"))
+    b = load_file(str(tmp_path / "exported" / "heads.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    part = train(cfg, tmp_path / "part", max_steps=1)  # mid-run: stage "heads"
+    assert export_checkpoint(cfg, tmp_path / "part", tmp_path / "mid")["stage"] == "heads"
+    assert (tmp_path / "mid" / "heads.safetensors").is_file() and part["model"] is None
