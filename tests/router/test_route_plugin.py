@@ -80,3 +80,20 @@ def test_count_route_evaluation_hook(count_pipe):
     n = len(sample.targets[0].boxes)
     resp = Response(text="", raw_text="", parts=[Count(route="COUNT", label="x", count=n + 0.5)])
     assert route_metrics(count_pipe, [Scored("count", sample, resp)]) == {"count_mae": 0.5}
+
+
+def test_decoders_mapping_names_kinds(tiny_config):
+    from mllm.config import ConfigError, validate_mapping
+
+    cfg = count_config(tiny_config)
+    assert cfg.decoders.names() == ["detector", "keypoints", "generator", "editor", "counter"]
+    assert cfg.decoders.kind_of("counter") == "counter" and cfg.decoders["counter"].hidden == 16
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["decoders"]["counter"] == {"kind": "counter", "link_dim": 16, "hidden": 16}
+    assert SuperLinkConfig.model_validate(dumped) == cfg  # a saved config reads back
+    data = tiny_config.model_dump(mode="json")
+    for entry, message in [({"hidden": 8}, "give its kind"), ({"kind": "abacus"}, "unknown decoder kind 'abacus'")]:
+        with pytest.raises(ConfigError, match=message):
+            validate_mapping({**data, "decoders": {**data["decoders"], "extra": entry}}, SuperLinkConfig)
+    with pytest.raises(ConfigError, match="cannot import 'no_such_plugin'"):
+        validate_mapping({**data, "modules": ["no_such_plugin"]}, SuperLinkConfig)
