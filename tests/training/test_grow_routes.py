@@ -92,7 +92,7 @@ def test_train_init_grows_the_shipped_model(tmp_path):
     cfg = count_config(load_config(CKPT / SYSTEM_CONFIG))
     run = build_run(cfg, tmp_path / "run", init=CKPT)
     saved = load_file(str(CKPT / "mllm" / "model.safetensors"))
-    key = next(k for k in saved if k.endswith("embed_tokens.weight"))
+    key = next(k for k in saved if k.endswith(("embed_tokens.weight", "lm_head.weight")))  # tied: stored once
     old = saved[key]
     emb = run.system.model.llava.get_input_embeddings().weight.detach()
     assert emb.shape[0] == old.shape[0] + 2  # [COUNT] and [COUNT_Q] appended
