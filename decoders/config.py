@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
+from decoders.registry import decoder_kind
 from mllm.config import StrictModel
 
 
@@ -133,8 +142,76 @@ class EditorConfig(DiffusionConfig):
     cond_drop: float = Field(0.05, ge=0.0, lt=1.0 / 3.0, description="IP2P joint drop: text, both, image each at this rate")
 
 
+BUILTIN_DECODERS = ("detector", "keypoints", "generator", "editor")
+
+
 class DecodersConfig(StrictModel):
+    """Decoders by name. The built-in entries are always there (named after their kinds, with defaults); any
+    other entry names its kind, registered in decoders.registry:
+
+        decoders:
+          detector: {d_model: 64}
+          counter: {kind: counter, hidden: 16}
+
+    Entries read as attributes (`cfg.decoders.detector`) or by name (`cfg.decoders["counter"]`).
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     detector: DetectorConfig = DetectorConfig()
     keypoints: KeypointConfig = KeypointConfig()
     generator: DiffusionConfig = DiffusionConfig()
     editor: EditorConfig = EditorConfig()
+    _kinds: dict[str, str] = PrivateAttr(default_factory=dict)  # extra entry -> its kind
+
+    @model_validator(mode="after")
+    def _named_entries(self) -> DecodersConfig:
+        extra = self.__pydantic_extra__ or {}
+        for name, raw in list(extra.items()):
+            if not name.isidentifier():
+                raise ValueError(f"decoder name {name!r} must be an identifier (letters, digits, _)")
+            if isinstance(raw, StrictModel) and name in self._kinds:
+                continue  # already validated (a copy)
+            if not isinstance(raw, dict) or "kind" not in raw:
+                raise ValueError(f"decoders.{name}: give its kind, e.g. `{name}: {{kind: detector, ...}}`")
+            fields = {k: v for k, v in raw.items() if k != "kind"}
+            try:
+                kind = decoder_kind(str(raw["kind"]))
+            except KeyError as err:
+                raise ValueError(f"decoders.{name}: {err.args[0]}") from None
+            extra[name] = kind.config.model_validate(fields)
+            self._kinds[name] = kind.name
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, kind in self._kinds.items():
+            if name in data:
+                data[name] = {"kind": kind, **data[name]}
+        return data
+
+    def names(self) -> list[str]:
+        """Every entry: the built-ins, then the named ones in config order."""
+        return [*BUILTIN_DECODERS, *(self.__pydantic_extra__ or {})]
+
+    def kind_of(self, name: str) -> str:
+        if name in BUILTIN_DECODERS:
+            return name
+        if name not in self._kinds:
+            raise KeyError(f"no decoder named {name!r} under decoders:; configured: {self.names()}")
+        return self._kinds[name]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.names():
+            raise KeyError(f"no decoder named {name!r} under decoders:; configured: {self.names()}")
+        return getattr(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def sections(self) -> dict[str, Any]:
+        return {n: self[n] for n in self.names()}
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self.names())

@@ -418,6 +418,17 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
     }
 
 
+def route_metrics(pipe: Any, scored: Sequence[Scored]) -> dict[str, float]:
+    """The metrics of each deployed route's own evaluation hook (router.routes: RouteSpec.evaluate), e.g. a
+    route declared outside the package scoring its own parts."""
+    out: dict[str, float] = {}
+    for route in pipe.deployed_routes:
+        hook = pipe.system.binding(route).evaluate
+        if hook is not None:
+            out.update(hook(scored))
+    return out
+
+
 # ---- entry points --------------------------------------------------------------------------------
 def evaluate_pipeline(pipe: Any, split: str = "val", n: int = 50, seed: int = 0, batch_size: int = 16,
                       teacher_force: bool = False, families: Sequence[str] = FAMILIES,
@@ -437,11 +448,13 @@ def evaluate_pipeline(pipe: Any, split: str = "val", n: int = 50, seed: int = 0,
         pairs = eval_samples(split, n, seed, cfg.training.image_size, bins, families)
         scored = run_samples(pipe, pairs, batch_size, teacher_force)
         result.update({k: _round(v) for k, v in score_all(scored, bins).items()})
+        result.update({k: _round(v) for k, v in route_metrics(pipe, scored).items()})
         result["n"] = len(pairs)
     if wording in ("heldout", "both"):
         pairs = eval_samples(split, n, seed, cfg.training.image_size, bins, families, wording="heldout")
         scored = run_samples(pipe, pairs, batch_size, teacher_force)
         result.update({k + HELDOUT: _round(v) for k, v in score_all(scored, bins).items()})
+        result.update({k + HELDOUT: _round(v) for k, v in route_metrics(pipe, scored).items()})
         result["routing_by_heldout_axis"] = routing_by_axis(scored)
         result["n" + HELDOUT] = len(pairs)
     result["wall_s"] = round(time.perf_counter() - t0, 1)

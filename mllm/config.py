@@ -12,8 +12,6 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ROUTE_NAMES = ("DET", "SEG", "GRD", "POSE", "GEN", "EDIT")
-
 
 class ConfigError(ValueError):
     """A config file or mapping failed validation; the message names file and key."""

@@ -19,6 +19,7 @@ config enables them `format_queries.*` (mllm.format_queries) and `image_tokenize
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -406,6 +407,38 @@ class SuperLinkModel(nn.Module):
         from mllm.generation import generate
 
         return generate(self, batch, **kwargs)
+
+    @torch.no_grad()
+    def add_routes(self, routes: Mapping[str, int]) -> list[str]:
+        """Grow this (trained) model by the routes of `routes` it lacks (name -> number of queries).
+
+        Their routing and placeholder tokens are appended to the tokenizer (every old id is kept), the token
+        embedding (and a separate output matrix) grows with the new rows at the mean of the old ones (no
+        covariance sampling; mllm.embeddings), and each new route gets a fresh query table. Every other
+        weight is kept, so the old routes answer as before. Returns the names of the routes added.
+        """
+        changed = {r: (self.config.routes[r], q) for r, q in routes.items() if r in self.config.routes and self.config.routes[r] != q}
+        if changed:
+            raise ValueError(f"routes {changed} already exist with another query count (old, new); a query table keeps its size")
+        new = {r: q for r, q in routes.items() if r not in self.config.routes}
+        if not new:
+            return []
+        if self.config.lora is not None:
+            raise ValueError("add_routes needs a model without LoRA adapters; merge them first or grow before apply_lora")
+        config = MLLMConfig.model_validate({**self.config.model_dump(), "routes": {**self.config.routes, **new}})
+        vocab = Vocabulary.from_config(config)
+        known = len(self.tokenizer)
+        add_superlink_tokens(self.tokenizer, vocab)  # appended after every existing token
+        grow_token_embeddings(self.llava, len(self.tokenizer), known_tokens=known)
+        ref = next(iter(self.queries.values())).weight if len(self.queries) else self.llava.get_input_embeddings().weight
+        std = self.llava.config.text_config.initializer_range
+        for name, q in new.items():
+            table = nn.Embedding(q, ref.shape[1], device=ref.device, dtype=ref.dtype)
+            nn.init.normal_(table.weight, std=std)
+            self.queries[name] = table
+        self.config, self.vocab = config, vocab
+        self.token_ids = TokenIds.from_tokenizer(self.tokenizer, vocab)
+        return list(new)
 
     @property
     def new_token_ids(self) -> list[int]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from decoders.config import DecodersConfig
 from mllm.config import MLLMConfig, StrictModel, load_yaml
@@ -151,8 +152,24 @@ class RuntimeConfig(StrictModel):
     )
 
 
+def import_modules(data: Any) -> Any:
+    """Import the modules a config lists under `modules:` (they register routes and decoder kinds declared
+    outside the package), before its `decoders:` entries are validated against the registered kinds."""
+    if isinstance(data, dict):
+        for name in data.get("modules") or []:
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                raise ValueError(f"modules: cannot import {name!r}: {err}") from None
+    return data
+
+
 class SuperLinkConfig(StrictModel):
     name: str
+    # Modules imported before the rest of the config is read: each registers its routes (router.routes) and
+    # decoder kinds (decoders.registry), so a route declared outside the package is one import away everywhere
+    # the config loads (training, a saved model, every Ray replica).
+    modules: list[str] = []
     # The projector of the perception routes ([DET] [SEG] [GRD] [POSE]), by name (router.bindings.PROJECTORS):
     # "relu_mlp" is VisionLLM v2's patch2query; "skip_mlp" adds a linear path that keeps phrases apart.
     link_projector: Literal["relu_mlp", "skip_mlp"] = "relu_mlp"
@@ -165,6 +182,11 @@ class SuperLinkConfig(StrictModel):
     # deployment (configs/serve.yaml).
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: DtypeName = Field("auto", description="auto or float32, bfloat16, float16")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_modules(cls, data: Any) -> Any:
+        return import_modules(data)
 
 
 def load_config(preset_or_path: str | Path) -> SuperLinkConfig:

@@ -40,9 +40,8 @@ from router.bindings import (
     DecoderBuilder,
     SuperLinkSystem,
     check_table,
-    default_bindings,
-    default_decoder_builders,
-    default_decoder_loaders,
+    config_decoder_builders,
+    decoder_loaders,
     perception_projector,
     pretrained_decoders,
     run_route,
@@ -50,6 +49,7 @@ from router.bindings import (
 )
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
+from router.routes import ROUTES
 from router.schemas import Options, Request, Response
 from router.sources import data_tokenizer
 from router.stages import (
@@ -138,6 +138,32 @@ class Pipeline:
     def place(self, device: str | None = None, dtype: str | None = None) -> Pipeline:
         """Move to `device`/`dtype`, or to the config's `device`/`dtype` where they are None."""
         return self.to(device or self.config.device, dtype or self.config.dtype)
+
+    def add_routes(self, config: SuperLinkConfig, decoder_builders: Mapping[str, DecoderBuilder] | None = None) -> list[str]:
+        """Grow this (trained) pipeline to the routes `config` declares: those the model lacks are added
+        (SuperLinkModel.add_routes: tokens appended, embeddings at the mean, new query tables), with their
+        projectors and any decoder they need built from `config`. Every other weight is kept, so the old routes
+        answer as before; the new parts are untrained. Returns the routes added."""
+        from mllm.processor import SuperLinkProcessor
+
+        model = self.system.model
+        if model is None:
+            raise ValueError("add_routes needs the MLLM in this process (with_model=True)")
+        added = model.add_routes(config.model.routes)
+        config = config.model_copy(update={"model": model.config})
+        table, builders = route_table(config, None, decoder_builders)
+        ref = next(model.parameters())
+        for route in (r for r in added if r in table):
+            spec = table[route]
+            if spec.decoder not in self.system.decoders:
+                self.system.decoders[spec.decoder] = builders[spec.decoder](config).to(ref.device)
+            link_dim = int(self.system.decoders[spec.decoder].link_dim)
+            self.system.projectors[route] = spec.projector(model.llava.config.text_config.hidden_size, link_dim).to(ref.device)
+            self.system.table[route] = spec
+            self.deployed_routes.append(route)
+        self.config = config
+        self.processor = SuperLinkProcessor(model.tokenizer, model.config)
+        return added
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         return save_system(self.config, self.system, self.processor, Path(out_dir))
@@ -534,6 +560,14 @@ def shipped_checkpoint(name: str) -> Path | None:
     return path if (path / SYSTEM_CONFIG).is_file() else None
 
 
+def model_config_of(preset_or_dir: str | Path) -> SuperLinkConfig:
+    """The system config `Pipeline.from_pretrained(preset_or_dir)` would use, without building anything."""
+    path = Path(preset_or_dir)
+    if not path.is_dir():
+        path = shipped_checkpoint(str(preset_or_dir)) or path
+    return load_config(path / SYSTEM_CONFIG) if path.is_dir() else load_config(preset_or_dir)
+
+
 def build_model(config: SuperLinkConfig, tokenizer: Any = None) -> Any:
     """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set).
 
@@ -570,12 +604,12 @@ def route_table(
         perception = PROJECTORS[config.link_projector]
         table = {
             r: replace(b, projector=perception) if b.projector is perception_projector else b
-            for r, b in default_bindings().items()
+            for r, b in ROUTES.items()
             if r in config.model.routes
         }
     else:
         table = dict(bindings)
-    builders = dict(default_decoder_builders() if decoder_builders is None else decoder_builders)
+    builders = dict(config_decoder_builders(config) if decoder_builders is None else decoder_builders)
     check_table(table, list(config.model.routes), builders)
     return table, builders
 
@@ -640,8 +674,9 @@ def without_pretrained(config: SuperLinkConfig) -> SuperLinkConfig:
     """`config` with every `pretrained` folder cleared (what a saved, self-contained system records)."""
     out = config.model_copy(deep=True)
     out.model.pretrained = None
-    for section in (out.decoders.detector, out.decoders.generator, out.decoders.editor):
-        section.pretrained = None
+    for section in out.decoders.sections().values():
+        if getattr(section, "pretrained", None) is not None:  # the decoder kinds loaded from a folder
+            section.pretrained = None
     return out
 
 
@@ -675,7 +710,7 @@ def _load_decoders(
 ) -> dict[str, Any]:
     """Decoders saved whole under decoders/<name>/ load from there; the rest are built from the config."""
     wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
-    loaders = default_decoder_loaders()
+    loaders = decoder_loaders(config)
     own = {n for n in wanted if (path / DECODERS_DIR / n).is_dir() and n in loaders}
     built = _pick_decoders(config, table, builders, [n for n in wanted if n not in own])
     built.update({n: loaders[n](path / DECODERS_DIR / n) for n in sorted(own)})

@@ -12,6 +12,7 @@ import base64
 import io
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,17 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from router.config import SuperLinkConfig
-from router.schemas import (
-    RLE,
-    Detection,
-    GeneratedImage,
-    Item,
-    Keypoints,
-    PartError,
-    Point,
-    Polygon,
-    Response,
-)
+from router.schemas import ITEM_KINDS, LEGACY_LISTS, RLE, Detection, Item, PartError, Point, Polygon, Response
 from router.stages import DecoderResult, GenerationResult, Prepared
 
 _ROUTE_TOKEN = re.compile(r"\[([A-Z]+)\]")
@@ -86,17 +77,28 @@ def readable_text(
 
 
 def sort_items(items: Sequence[Item]) -> dict[str, list[Item]]:
-    """Put items in the Response list that fits their type."""
-    out: dict[str, list[Item]] = {"detections": [], "polygons": [], "points": [], "keypoints": [], "images": []}
-    kinds = {Detection: "detections", Polygon: "polygons", Point: "points", Keypoints: "keypoints", GeneratedImage: "images"}
+    """Every item into `parts`, and the items of the built-in kinds also into their Response list
+    (detections, polygons, points, keypoints, images) for the clients that read those."""
+    out: dict[str, list[Item]] = {key: [] for key in LEGACY_LISTS.values()}
     for it in items:
-        for cls, key in kinds.items():
-            if isinstance(it, cls):
-                out[key].append(it)
-                break
-        else:
-            raise TypeError(f"unsupported response item {type(it).__name__}; known: {[c.__name__ for c in kinds]}")
+        key = LEGACY_LISTS.get(type(it))
+        if key is not None:
+            out[key].append(it)
+    out["parts"] = list(items)
     return out
+
+
+def checked_result(result: DecoderResult) -> DecoderResult:
+    """`result`, or a bad_output part error in its place when one of its items is not a response Item
+    (a route module returning the wrong thing fails its own part, never the response)."""
+    bad = [type(it).__name__ for it in result.items if not isinstance(it, Item) or type(it) is Item]
+    if not bad:
+        return result
+    known = ", ".join(sorted(ITEM_KINDS))
+    err = PartError(route=result.route, phrase=result.phrase, kind="bad_output",
+                    message=f"route {result.route} returned {bad[0]}, not a response item (Item subclass with a kind; "
+                    f"known kinds: {known})")  # fmt: skip
+    return replace(result, items=[], error=err)
 
 
 def native_items(prepared: Prepared, text: str, config: SuperLinkConfig) -> tuple[list[Item], list[PartError]]:
@@ -144,7 +146,7 @@ def assemble_response(
     timings: Mapping[str, float],
     config: SuperLinkConfig,
 ) -> Response:
-    results = sorted(results, key=lambda r: r.event)
+    results = sorted((checked_result(r) for r in results), key=lambda r: r.event)
     items: list[Item] = [it for r in results for it in r.items]
     errors = [r.error for r in results if r.error is not None]
     native, native_errors = native_items(prepared, generation.text, config)

@@ -12,7 +12,7 @@ import base64
 import binascii
 import io
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from PIL import Image
 from pydantic import (
@@ -20,8 +20,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializeAsAny,
     ValidationInfo,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -182,14 +184,32 @@ class Request(InputModel):
 
 Route = str  # "DET", "SEG", ...
 
+# Item kind -> class. Every Item subclass with a `kind` literal registers here as it is defined, so a route module
+# declaring its own item type (router.routes) makes it readable in Response.parts, in-process and from JSON.
+ITEM_KINDS: dict[str, type[Item]] = {}
+
 
 class Item(SchemaModel):
+    """One result a route (or native localisation) answers with; `kind` tags it in Response.parts."""
+
+    kind: str = "item"
     route: Route | None = None  # None for natively localised answers (location tokens)
     phrase: str = ""  # the phrase in the answer this item belongs to
     image: int = 0
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kind = cls.model_fields["kind"].default
+        if not isinstance(kind, str) or kind == "item":
+            raise TypeError(f"{cls.__name__} must declare its own kind: `kind: Literal['name'] = 'name'`")
+        if kind in ITEM_KINDS and ITEM_KINDS[kind].__qualname__ != cls.__qualname__:
+            raise TypeError(f"item kind {kind!r} is taken by {ITEM_KINDS[kind].__name__}; pick another")
+        ITEM_KINDS[kind] = cls
+
 
 class Detection(Item):
+    kind: Literal["detection"] = "detection"
     label: str
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the input image
     score: float
@@ -197,17 +217,20 @@ class Detection(Item):
 
 
 class Polygon(Item):
+    kind: Literal["polygon"] = "polygon"
     label: str
     points: list[tuple[float, float]]  # (x, y) pixels of the input image, in order
     mask: RLE | None = None  # the polygon rasterised on the input image
 
 
 class Point(Item):
+    kind: Literal["point"] = "point"
     label: str
     point: tuple[float, float]
 
 
 class Keypoints(Item):
+    kind: Literal["keypoints"] = "keypoints"
     label: str
     box: tuple[float, float, float, float]
     score: float
@@ -215,10 +238,37 @@ class Keypoints(Item):
 
 
 class GeneratedImage(Item):
+    kind: Literal["image"] = "image"
     png_base64: str
     width: int
     height: int
     source_image: int | None = None  # for [EDIT]: which input image was edited
+
+
+class UnknownPart(Item):
+    """A part whose kind this process has no class for (a client older than the server): fields kept as sent."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["unknown"] = "unknown"
+    sent_kind: str = ""
+
+
+def as_item(value: Any) -> Item:
+    """An Item from an Item or its JSON form, by its `kind`."""
+    if isinstance(value, Item):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"a response part must be an object with a kind, got {type(value).__name__}")
+    cls = ITEM_KINDS.get(str(value.get("kind")))
+    if cls is None:
+        return UnknownPart(**{**value, "kind": "unknown", "sent_kind": str(value.get("kind"))})
+    return cls.model_validate(value)
+
+
+# Legacy Response lists by item class (kept for existing clients); every item is also in Response.parts.
+LEGACY_LISTS: dict[type[Item], str] = {
+    Detection: "detections", Polygon: "polygons", Point: "points", Keypoints: "keypoints", GeneratedImage: "images",
+}
 
 
 class PartError(SchemaModel):
@@ -237,6 +287,27 @@ class Response(SchemaModel):
     points: list[Point] = Field(default_factory=list)
     keypoints: list[Keypoints] = Field(default_factory=list)
     images: list[GeneratedImage] = Field(default_factory=list)
+    parts: list[SerializeAsAny[Item]] = Field(
+        default_factory=list,
+        description="every item in answer order, each tagged by `kind` (detection, polygon, point, keypoints, "
+        "image, or a kind a route module declares); the lists above hold the same items of the built-in kinds",
+    )
     errors: list[PartError] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)  # per stage: preprocess, generate, DET, ...
     request_id: str | None = None  # set by the HTTP service (also in the X-Request-ID header)
+
+    @field_validator("parts", mode="before")
+    @classmethod
+    def _parts(cls, v: Any) -> list[Item]:
+        return [as_item(x) for x in v] if isinstance(v, list | tuple) else v
+
+
+def response_model() -> type[Response]:
+    """Response with `parts` typed as the discriminated union (on `kind`) of every item kind registered now:
+    the built-in kinds and those of the route modules imported so far. The HTTP service documents this one."""
+    kinds = tuple(ITEM_KINDS.values())
+    part = Annotated[Union[kinds], Field(discriminator="kind")]  # noqa: UP007  (a runtime tuple of classes)
+    field = Response.model_fields["parts"]
+    return create_model(
+        "Response", __base__=Response, parts=(list[part], Field(default_factory=list, description=field.description))
+    )

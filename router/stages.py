@@ -92,14 +92,13 @@ class DecoderResult:
     phrase: str
     items: list[Item] = field(default_factory=list)
     error: PartError | None = None  # set when this part failed; items is then empty
+    noun: str = "result"  # what one item is called in Response.text: the route's RouteSpec.noun
 
     @property
     def summary(self) -> str:
         """Readable reference that replaces the routing token in Response.text."""
         n = len(self.items)
-        noun = {"DET": "detection", "SEG": "mask", "GRD": "box", "POSE": "pose", "GEN": "image", "EDIT": "edited image"}
-        word = noun.get(self.route, "result")
-        return f"{n} {word}{'' if n == 1 else 's'}"
+        return f"{n} {self.noun}{'' if n == 1 else 's'}"
 
 
 def failed(call: DecoderCall, kind: str, message: str) -> DecoderResult:

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from mllm.config import ROUTE_NAMES, StrictModel, load_yaml, validate_mapping
+from mllm.config import StrictModel, load_yaml, validate_mapping
 from mllm.devices import DtypeName
-from router.bindings import default_bindings
+from router.config import import_modules
+from router.pipeline import model_config_of
+from router.routes import ROUTES, route_decoders
 
-DecoderName = Literal["detector", "keypoints", "generator", "editor"]
 TOKEN_ENV = "SUPERLINK_API_TOKEN"
-# Route -> decoder name from router's built-in binding table; picks the decoder deployments routes need.
-ROUTE_DECODERS: dict[str, str] = {route: b.decoder for route, b in default_bindings().items()}
 
 
 class ActorOptions(StrictModel):
@@ -125,15 +124,19 @@ class HTTPConfig(StrictModel):
         return self.auth_token or os.environ.get(TOKEN_ENV) or None
 
 
-def _default_decoders() -> dict[str, BatchedDeploymentConfig]:
-    return {name: BatchedDeploymentConfig() for name in ("detector", "keypoints", "generator", "editor")}
-
-
 class ServeConfig(StrictModel):
     """The whole Serve application: model, routes to deploy, per-deployment options, HTTP."""
 
     model: str = Field("tiny", description="a preset name from configs/ or a saved SuperLink folder")
-    routes: list[str] = Field(default_factory=lambda: list(ROUTE_NAMES), description="routes to deploy")
+    modules: list[str] = Field(
+        default_factory=list,
+        description="modules to import first (routes and decoder kinds declared outside the package); a saved "
+        "model's own `modules:` are imported when its config loads",
+    )
+    routes: list[str] = Field(
+        default_factory=list,
+        description="routes to deploy; left out: every route the model declares that has a route module",
+    )
     engine_factory: str | None = Field(
         None,
         description="'module:callable' with Pipeline.from_pretrained's signature (model, decoders=, with_model=); "
@@ -141,14 +144,25 @@ class ServeConfig(StrictModel):
     )
     ingress: DeploymentConfig = DeploymentConfig(ray_actor_options=ActorOptions(num_cpus=0.1))
     mllm: BatchedDeploymentConfig = BatchedDeploymentConfig()
-    decoders: dict[DecoderName, BatchedDeploymentConfig] = Field(default_factory=_default_decoders)
+    # Deployment options per decoder name (the model config's `decoders:` entries the routes use). Left out:
+    # defaults for every decoder the routes need; given: it must name each of them.
+    decoders: dict[str, BatchedDeploymentConfig] = Field(default_factory=dict)
     http: HTTPConfig = HTTPConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_modules(cls, data: Any) -> Any:
+        return import_modules(data)
 
     @model_validator(mode="after")
     def _check_routes(self) -> ServeConfig:
+        if not self.routes:  # derived from the model: the routes it declares that have a route module
+            self.routes = [r for r in model_config_of(self.model).model.routes if r in ROUTES]
         for r in self.routes:
-            if r not in ROUTE_DECODERS:
-                raise ValueError(f"unknown route {r!r} in routes; accepted: {', '.join(ROUTE_DECODERS)}")
+            if r not in ROUTES:
+                raise ValueError(f"unknown route {r!r} in routes; accepted: {', '.join(ROUTES)}")
+        if not self.decoders:
+            self.decoders = {name: BatchedDeploymentConfig() for name in self.decoder_names}
         missing = sorted(set(self.decoder_names) - set(self.decoders))
         if missing:
             raise ValueError(f"routes {self.routes} need decoders {missing}, which have no entry under decoders")
@@ -157,7 +171,7 @@ class ServeConfig(StrictModel):
     @property
     def decoder_names(self) -> list[str]:
         """Decoders the configured routes need, in first-use order."""
-        return list(dict.fromkeys(ROUTE_DECODERS[r] for r in self.routes))
+        return list(dict.fromkeys(route_decoders(self.routes).values()))
 
 
 def load_serve_config(source: str | Path | dict | ServeConfig | None) -> ServeConfig:

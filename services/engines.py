@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mllm.images import ImageError, TooManyPixels, load_image
+from router.config import import_modules
 from router.schemas import Request, Response
 from router.stages import Prepared, RequestError, failed
 from services.cancel import AllSet, Flag, cancellable
@@ -94,6 +95,7 @@ def make_engine(
         import torch
 
         torch.manual_seed(0)
+    import_modules({"modules": config.modules})  # routes and decoder kinds declared outside the package
     if config.engine_factory is None:
         from router.pipeline import Pipeline
 

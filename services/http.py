@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.schemas import Request, Response
+from router.schemas import Request, response_model
 from services.config import HTTPConfig
 from services.engines import Backend, IngressLogic, LocalBackend, ServiceError
 from services.limits import BodyError, HeaderLimitMiddleware, StrictMultiPartParser, parse_json_body
@@ -183,7 +183,7 @@ def create_app(
         _check_auth(http_request, token)
         return await backend.describe()
 
-    @app.post("/v1/tasks", response_model=Response, responses={**SSE_RESPONSES, **_ERRORS}, openapi_extra=_openapi_body())
+    @app.post("/v1/tasks", response_model=response_model(), responses={**SSE_RESPONSES, **_ERRORS}, openapi_extra=_openapi_body())
     async def tasks(http_request: HTTPRequest) -> Any:
         """Run one request; a failed decoder part comes back as an entry in `errors`, with status 200.
         With `"stream": true` the answer is server-sent events (services/streaming.py)."""

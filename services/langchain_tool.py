@@ -25,7 +25,7 @@ from langchain_core.callbacks.manager import adispatch_custom_event
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
-from router.schemas import Options, RegionPrompt, Request, Response
+from router.schemas import LEGACY_LISTS, Options, RegionPrompt, Request, Response
 from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTPError
 
 
@@ -59,6 +59,11 @@ def summarize(response: Response, limit: int = 400) -> str:
         if items:
             by_phrase = Counter(i.phrase or "-" for i in items)
             parts.append(f"{len(items)} {kind} (" + ", ".join(f"{p}: {n}" for p, n in by_phrase.items()) + ")")
+    other: dict[str, Counter] = {}  # parts of kinds a route module declares (no list of their own)
+    for item in (p for p in response.parts if type(p) not in LEGACY_LISTS):
+        other.setdefault(item.kind, Counter())[item.phrase or "-"] += 1
+    for kind, by_phrase in other.items():
+        parts.append(f"{sum(by_phrase.values())} {kind} parts (" + ", ".join(f"{p}: {n}" for p, n in by_phrase.items()) + ")")
     for err in response.errors:
         parts.append(f"error for {err.route or 'answer'} '{err.phrase}': {err.kind}")
     return "; ".join(parts)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from router.schemas import Options, Request, Response
+from router.schemas import LEGACY_LISTS, Options, Request, Response
 
 EXIT_OK, EXIT_INTERNAL, EXIT_REFUSED = 0, 1, 2
 
@@ -93,6 +93,9 @@ def summary(response: Response) -> str:
         lines.append(f"  [POSE] {k.label}: {sum(v >= 0.5 for *_, v in k.keypoints)} keypoints, score {k.score:.2f}")
     for g in response.images:
         lines.append(f"  [{g.route}] image {g.width}x{g.height}")
+    for p in (p for p in response.parts if type(p) not in LEGACY_LISTS):  # kinds a route module declares
+        fields = p.model_dump(exclude={"kind", "route", "phrase", "image"})
+        lines.append(f"  [{p.route}] {p.kind} {p.phrase}: " + ", ".join(f"{k} {v}" for k, v in fields.items()))
     for e in response.errors:
         lines.append(f"  error ({e.kind}) {e.route or ''} {e.phrase}: {e.message}")
     if response.timings_ms:

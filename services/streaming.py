@@ -40,7 +40,7 @@ from typing import Any
 
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from router.response import sort_items
+from router.response import checked_result, sort_items
 from router.schemas import Request
 from router.stages import GENERATED_TEXT_SINK
 from services.engines import Budget, IngressLogic, Planned, ServiceError
@@ -71,8 +71,12 @@ def _ms(t0: float) -> float:
 
 
 def _items_json(items: list[Any]) -> dict[str, list[dict[str, Any]]]:
-    """Items grouped under the Response's list names, as JSON."""
-    return {key: [it.model_dump(mode="json") for it in group] for key, group in sort_items(items).items()}
+    """Items grouped under the Response's list names, as JSON; `items` holds them all, tagged by kind (the
+    Response's `parts`; an event's own `parts` key lists the decoder parts it answers)."""
+    groups = sort_items(items)
+    out = {key: [it.model_dump(mode="json") for it in group] for key, group in groups.items() if key != "parts"}
+    out["items"] = [it.model_dump(mode="json") for it in groups["parts"]]
+    return out
 
 
 async def stream_response(logic: IngressLogic, request: Request) -> EventSourceResponse:
@@ -206,6 +210,7 @@ async def _text_event(logic: IngressLogic, planned: Planned) -> dict[str, Any]:
 
 
 def _part_event(name: str, results: list[Any], ms: float) -> dict[str, Any]:
+    results = [checked_result(r) for r in results]
     items = [it for r in results for it in r.items]
     return {
         "decoder": name,

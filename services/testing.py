@@ -20,31 +20,32 @@ from types import SimpleNamespace
 import numpy as np
 
 from router.pipeline import Pipeline, forced_answer_hook, generation_groups
+from router.routes import BUILTIN_ROUTES, ROUTES, route_decoders
 from router.schemas import Detection, GeneratedImage, Item, Request, Response
 from router.stages import DecoderCall, DecoderResult, GenerationResult, LinkRecord, Prepared, RequestError
 from services.cancel import check as check_cancelled
-from services.config import ROUTE_DECODERS
 
+ROUTE_DECODERS = route_decoders(BUILTIN_ROUTES)  # the fake serves the built-in routes
 KEYWORDS = {"detect": "DET", "segment": "SEG", "ground": "GRD", "pose": "POSE", "draw": "GEN", "edit": "EDIT"}
 
 
-def scripted_routes(instruction: str) -> list[tuple[str, str]]:
-    """(route, phrase) for each clause that starts with a KEYWORDS verb: "detect the stars" -> ("DET", "the stars")."""
+def scripted_routes(instruction: str, keywords: Mapping[str, str] = KEYWORDS) -> list[tuple[str, str]]:
+    """(route, phrase) for each clause that starts with a verb of `keywords`: "detect the stars" -> ("DET", "the stars")."""
     out = []
     for clause in re.split(r",|;|\band\b", instruction):
         words = clause.split()
-        if words and words[0].lower() in KEYWORDS:
-            out.append((KEYWORDS[words[0].lower()], " ".join(words[1:]) or "it"))
+        if words and words[0].lower() in keywords:
+            out.append((keywords[words[0].lower()], " ".join(words[1:]) or "it"))
     return out
 
 
-def scripted_answer(instruction: str) -> str:
+def scripted_answer(instruction: str, keywords: Mapping[str, str] = KEYWORDS) -> str:
     """The answer a scripted model gives.
 
     "detect the stars, segment the circles and draw a green square"
         -> "the stars [DET], the circles [SEG], a green square [GEN]"
     """
-    routes = scripted_routes(instruction)
+    routes = scripted_routes(instruction, keywords)
     return ", ".join(f"{phrase} [{route}]" for route, phrase in routes) if routes else "an image"
 
 
@@ -55,13 +56,16 @@ class ScriptedPipeline(Pipeline):
     request asks for fire for real (queries fed, link states gathered, real decoders run).
     One generate per generation group, since the forcing hook is built for that group's rows.
     Not thread-safe (the hook is instance state); the serving engines call it under a lock.
+    `keywords` (verb -> route) is where a subclass adds the verbs of its own routes.
     """
+
+    keywords: Mapping[str, str] = KEYWORDS
 
     def generate(self, prepared: Sequence[Prepared]) -> list[GenerationResult]:
         out: dict[int, GenerationResult] = {}
         for group in generation_groups(prepared):
             rows = [prepared[i] for i in group]
-            answers = [scripted_answer(p.instruction) for p in rows]
+            answers = [scripted_answer(p.instruction, self.keywords) for p in rows]
             self.logits_hook = forced_answer_hook(self.system.model.tokenizer, answers)
             out.update(zip(group, super().generate(rows), strict=True))
         return [out[i] for i in range(len(prepared))]
@@ -144,7 +148,8 @@ class FakePipeline:
         if name in self.fail:
             raise RuntimeError(f"{name} is broken on purpose")
         self.decoder_calls.append((name, len(calls)))
-        return [DecoderResult(request=c.request, event=c.event, route=c.route, phrase=c.phrase, items=[_item(c)]) for c in calls]
+        return [DecoderResult(request=c.request, event=c.event, route=c.route, phrase=c.phrase, items=[_item(c)],
+                             noun=ROUTES[c.route].noun if c.route in ROUTES else "result") for c in calls]
 
     def assemble(
         self,

@@ -318,13 +318,20 @@ def run_tokenizer(cfg: SuperLinkConfig, out: Path) -> Any:
 
 
 def init_tokenizer(init: Path, cfg: SuperLinkConfig) -> Any:
-    """The tokenizer of a saved system folder (written by Pipeline.save_pretrained / a run's model/)."""
+    """The tokenizer of a saved system folder (written by Pipeline.save_pretrained / a run's model/), with the
+    tokens of any route `cfg` declares beyond the saved model's appended (every saved id is kept)."""
+    from transformers import AutoTokenizer
+
     from mllm.processor import SuperLinkProcessor
+    from mllm.tokenizer import add_superlink_tokens
+    from mllm.vocab import Vocabulary
     from router.pipeline import MLLM_DIR
 
     if not (init / MLLM_DIR / "tokenizer.json").is_file():
         raise FileNotFoundError(f"--init {init}: no {MLLM_DIR}/tokenizer.json; expected a folder written by save_pretrained")
-    return SuperLinkProcessor.from_pretrained(init / MLLM_DIR, cfg.model).tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(init / MLLM_DIR), local_files_only=True)
+    add_superlink_tokens(tokenizer, Vocabulary.from_config(cfg.model))
+    return SuperLinkProcessor(tokenizer, cfg.model).tokenizer
 
 
 def init_weights(system: SuperLinkSystem, init: Path) -> dict[str, int]:
@@ -342,9 +349,27 @@ def init_weights(system: SuperLinkSystem, init: Path) -> dict[str, int]:
         saved |= {f"model.{k}": v for k, v in load_file(str(init / MLLM_DIR / "model.safetensors")).items()}
     own = system.state_dict()
     take = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    take |= _grown_token_rows(system, own, saved)
     system.load_state_dict(take, strict=False)
     fresh = [k for k in own if k not in take and not _tied_to_copied(k, own, take)]
     return {"copied": len(take), "fresh": len(fresh)}
+
+
+def _grown_token_rows(system: SuperLinkSystem, own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> dict:
+    """Token matrices the config grew (a route added to the saved model): the saved rows, then the new tokens'
+    rows at the mean of the saved ones (mllm.embeddings' rule; no covariance sampling)."""
+    if system.model is None:
+        return {}
+    llava = system.model.llava
+    ptrs = {m.weight.data_ptr() for m in (llava.get_input_embeddings(), llava.get_output_embeddings()) if m is not None}
+    out = {}
+    for k, v in saved.items():
+        mine = own.get(k)
+        if mine is None or mine.data_ptr() not in ptrs or mine.shape[1:] != v.shape[1:] or len(v) >= len(mine):
+            continue
+        rows = v.float().mean(0, keepdim=True).expand(len(mine) - len(v), -1).to(v.dtype)  # (new, D)
+        out[k] = torch.cat([v, rows])
+    return out
 
 
 def _tied_to_copied(key: str, own: dict[str, torch.Tensor], take: dict[str, torch.Tensor]) -> bool:

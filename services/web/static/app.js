@@ -437,6 +437,15 @@ function addGenerated(img) {
   $("generated").appendChild(fig);
 }
 
+// Parts of kinds a route module declares (no list of their own in the response): one timeline line each.
+const BUILTIN_KINDS = new Set(["detection", "polygon", "point", "keypoints", "image"]);
+
+function describePart(it) {
+  const skip = new Set(["kind", "route", "phrase", "image"]);
+  const fields = Object.entries(it).filter(([k]) => !skip.has(k)).map(([k, v]) => `${k} ${JSON.stringify(v)}`);
+  return `[${it.route}] ${it.phrase || it.kind}: ${fields.join(", ")}`;
+}
+
 function renderLegend() {
   const counts = new Map();
   const all = [...state.items.detections, ...state.items.polygons, ...state.items.points, ...state.items.keypoints];
@@ -487,7 +496,9 @@ function onEvent(event, data) {
     const nouns = { detections: "detection", polygons: "polygon", points: "point", keypoints: "pose", images: "image" };
     const n = Object.keys(nouns).map((k) => [k, (data[k] || []).length]).filter(([, v]) => v);
     const said = n.map(([k, v]) => `${v} ${nouns[k]}${v === 1 ? "" : "s"}`).join(", ");
-    addTimeline(data.decoder, `${said || "no items"} · ran ${Math.round(data.elapsed_ms)} ms`);
+    const other = (data.items || []).filter((it) => !BUILTIN_KINDS.has(it.kind));
+    addTimeline(data.decoder, `${said || (other.length ? `${other.length} ${other[0].kind} parts` : "no items")} · ran ${Math.round(data.elapsed_ms)} ms`);
+    for (const it of other) addTimeline(it.kind, describePart(it));
     for (const e of data.errors || []) addTimeline("error", `[${e.route}] ${e.phrase}: ${e.kind}: ${e.message}`, true);
   } else if (event === "response") {
     renderText(data.text, null);
