@@ -49,7 +49,7 @@ class DemoModel:
 
 def resolve_model(model: str) -> DemoModel:
     """A saved folder or a shipped checkpoint is used as is; anything else falls back to random weights."""
-    from router.pipeline import shipped_checkpoint
+    from router.system import shipped_checkpoint
 
     if Path(model).is_dir():
         return DemoModel(model, True, f"model: folder {model}")

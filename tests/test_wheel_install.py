@@ -53,7 +53,8 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
 import json, router, services.web
 from fastapi.testclient import TestClient
 from router.config import CONFIG_DIR, load_config
-from router.pipeline import CHECKPOINT_ROOT, Pipeline
+from router.pipeline import Pipeline
+from router.system import CHECKPOINT_ROOT
 from services.http import create_app
 from services.testing import FakePipeline
 pipe = Pipeline.from_pretrained("shapes")

@@ -36,9 +36,10 @@ from evaluation.suite import FAMILIES, Scored, eval_samples, routed_phrases, sco
 from router.bindings import SuperLinkSystem
 from router.config import StageConfig, SuperLinkConfig
 from router.loss import collate, decoder_loss, joint_loss
-from router.pipeline import Pipeline, build_system
+from router.pipeline import Pipeline
 from router.samples import TaskSample
 from router.stages import GenerationResult, LinkRecord, Prepared
+from router.system import build_system
 from shapesworld.tasks import make_sample
 from training.train import build_optimizer, build_scheduler, set_trainable
 

@@ -47,9 +47,9 @@ from decoders.diffusion import EditDecoder, GenerationDecoder
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
-from router.pipeline import save_system
 from router.samples import TaskSample
 from router.sources import DataMix, data_tokenizer
+from router.system import save_system
 from training import parallel
 from training.checkpoint import FullState, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.evaluate import evaluate
@@ -325,7 +325,7 @@ def init_tokenizer(init: Path, cfg: SuperLinkConfig) -> Any:
     from mllm.processor import SuperLinkProcessor
     from mllm.tokenizer import add_superlink_tokens
     from mllm.vocab import Vocabulary
-    from router.pipeline import MLLM_DIR
+    from router.system import MLLM_DIR
 
     if not (init / MLLM_DIR / "tokenizer.json").is_file():
         raise FileNotFoundError(f"--init {init}: no {MLLM_DIR}/tokenizer.json; expected a folder written by save_pretrained")
@@ -342,7 +342,7 @@ def init_weights(system: SuperLinkSystem, init: Path) -> dict[str, int]:
     """
     from safetensors.torch import load_file
 
-    from router.pipeline import HEADS_FILE, MLLM_DIR
+    from router.system import HEADS_FILE, MLLM_DIR
 
     saved = load_file(str(init / HEADS_FILE))
     if system.model is not None:
@@ -378,7 +378,7 @@ def _tied_to_copied(key: str, own: dict[str, torch.Tensor], take: dict[str, torc
 
 
 def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path | None = None) -> Run:
-    from router.pipeline import build_system
+    from router.system import build_system
 
     data = DataMix(cfg)  # opens every source: a bad path fails here, before the model is built
     rank, world, device = init_distributed(sharded=cfg.training.parallel == "fsdp")
@@ -422,7 +422,7 @@ def save(run: Run, step: int) -> Path | None:
 
 
 def save_final(run: Run, out: Path) -> None:
-    """The trained system folder (router.pipeline.save_system), from rank 0; gathered first under fsdp."""
+    """The trained system folder (router.system.save_system), from rank 0; gathered first under fsdp."""
     weights = None
     if run.sharded is not None:
         state, aliases = parallel.full_model_state(run.system)  # collective
