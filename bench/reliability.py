@@ -3,7 +3,7 @@ against a real Ray Serve cluster on this machine (loopback only; bounded in coun
 
     python bench/reliability.py [--quick] [--json] [--max-seconds 900]
 
-The tiny preset (random weights, saved once, answers forced by services.testing.ScriptedPipeline so
+The tiny preset (random weights, saved once, answers forced by tests.doubles.ScriptedPipeline so
 [DET]/[SEG]/[GEN] really fire) is served with Ray Serve: ingress -> MLLM -> detector + generator.
 Phases:
   bad inputs  a catalog of malformed / hostile requests (images, bodies, content types, JSON, base64,
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.serving import free_port, load  # noqa: E402
 from services.app import DEFAULT_SERVE_YAML, load_serve_file  # noqa: E402
 from services.http import BackgroundServer, create_app  # noqa: E402
-from services.testing import ScriptedPipeline  # noqa: E402
+from tests.doubles import ScriptedPipeline  # noqa: E402
 
 TOKEN = "reliability-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -513,7 +513,7 @@ def serve_config(model_dir: Path) -> dict[str, Any]:
 
     return {
         "model": str(model_dir),
-        "engine_factory": "services.testing:scripted_engine",
+        "engine_factory": "tests.doubles:scripted_engine",
         "routes": ["DET", "SEG", "GRD", "GEN"],
         "ingress": {**replica(shipped.ingress), "ray_actor_options": {"num_cpus": 0.1}},
         "mllm": replica(shipped.mllm),

@@ -3,7 +3,7 @@
     python bench/serving.py --preset tiny [--quick] [--json]
 
 Every request is "detect the stars" on a 48x48 image. The tiny model's answer is forced
-(services.testing.ScriptedPipeline) so [DET] fires and the detector really runs.
+(tests.doubles.ScriptedPipeline) so [DET] fires and the detector really runs.
 Backends, each over HTTP on loopback:
   in-process        uvicorn + services.http.create_app(Pipeline) in this process
   ray-batching      Ray Serve (ingress -> MLLM -> detector deployments), @serve.batch on
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.http import BackgroundServer, create_app  # noqa: E402
-from services.testing import ScriptedPipeline  # noqa: E402
+from tests.doubles import ScriptedPipeline  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 OPTIONS = {"max_new_tokens": 24}
@@ -89,7 +89,7 @@ def run_backend(name: str, url: str, counts: dict[int, int]) -> list[dict[str, A
 def serve_config(model_dir: Path, batching: bool) -> dict[str, Any]:
     batch = {"enabled": batching, "max_batch_size": 16, "batch_wait_timeout_s": 0.002}
     replica = {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64, "batching": batch}
-    return {"model": str(model_dir), "engine_factory": "services.testing:scripted_engine", "routes": ["DET"],
+    return {"model": str(model_dir), "engine_factory": "tests.doubles:scripted_engine", "routes": ["DET"],
             "ingress": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 128},
             "mllm": replica, "decoders": {"detector": replica}}  # fmt: skip
 

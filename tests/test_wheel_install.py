@@ -56,9 +56,8 @@ from router.config import CONFIG_DIR, load_config
 from router.pipeline import Pipeline
 from router.system import CHECKPOINT_ROOT
 from services.http import create_app
-from services.testing import FakePipeline
 pipe = Pipeline.from_pretrained("shapes")
-page = TestClient(create_app(FakePipeline())).get("/")
+page = TestClient(create_app(pipe)).get("/")
 print(json.dumps({"router": router.__file__, "configs": str(CONFIG_DIR), "checkpoints": str(CHECKPOINT_ROOT),
                   "tiny": load_config("tiny").name, "model": type(pipe.system.model).__name__,
                   "page": page.status_code, "examples": len(list((services.web.STATIC_DIR / "examples").glob("*.png")))}))

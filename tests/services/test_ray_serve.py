@@ -38,7 +38,7 @@ def url(tiny_dir):
     batched = {**quarter, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}}
     config = {
         "model": str(tiny_dir),
-        "engine_factory": "services.testing:scripted_engine",
+        "engine_factory": "tests.doubles:scripted_engine",
         "routes": ["DET", "SEG", "GEN"],
         "ingress": {"ray_actor_options": {"num_cpus": 0.1}},
         "mllm": batched,

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from router.schemas import Request
 from services.http import create_app
-from services.testing import FakePipeline
+from tests.doubles import FakePipeline
 from services.web import STATIC_DIR
 from services.web.examples import EXAMPLES_DIR, make_examples
 
