@@ -5,6 +5,7 @@ The heavy modules (transformers, diffusers) are imported when a decoder is built
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,6 @@ def build_editor(c: EditorConfig, sections: Mapping[str, Any]) -> nn.Module:
 
 def _load(module: str, cls: str):  # noqa: ANN202
     def load(path: Path) -> nn.Module:
-        import importlib
-
         return getattr(importlib.import_module(module), cls).from_pretrained(path)
 
     return load

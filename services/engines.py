@@ -23,8 +23,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from mllm.images import ImageError, TooManyPixels, load_image
 from router.config import import_modules
+from router.pipeline import Pipeline
 from router.schemas import Request, Response
 from router.stages import Prepared, RequestError, failed
 from services.cancel import AllSet, Flag, cancellable
@@ -92,13 +95,9 @@ def make_engine(
     replicas of one deployment agree (serve a saved folder for weights shared by all deployments).
     """
     if not Path(config.model).is_dir():
-        import torch
-
         torch.manual_seed(0)
     import_modules({"modules": config.modules})  # routes and decoder kinds declared outside the package
     if config.engine_factory is None:
-        from router.pipeline import Pipeline
-
         factory: Any = Pipeline.from_pretrained
     else:
         module, _, attr = config.engine_factory.partition(":")

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from router.schemas import Item
+from decoders.detection import DetectionBatch, DetectionTarget
+from decoders.keypoints import PoseBatch, PoseTarget
+from router.response import mask_rle, png_base64
+from router.schemas import Detection, GeneratedImage, Item, Keypoints
 from router.stages import DecoderCall
 
 
@@ -46,9 +49,6 @@ def detector_batch(
     calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
 ) -> tuple[Any, list[list[int]]]:
     """One detector item per request; its phrases are that request's calls of this route."""
-    from decoders.detection import DetectionBatch
-    from decoders.keypoints import PoseBatch
-
     owners = _by_request(calls)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
@@ -71,9 +71,6 @@ def detector_batch(
 
 def detector_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:
     """Detections of phrase j belong to owner call j; each call's own score threshold applies."""
-    from router.response import mask_rle
-    from router.schemas import Detection
-
     out: list[list[Item]] = [[] for _ in calls]
     for d in prediction:
         call = calls[d.phrase_index]
@@ -95,8 +92,6 @@ def detector_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Mo
 
 
 def keypoint_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:
-    from router.schemas import Keypoints
-
     out: list[list[Item]] = [[] for _ in calls]
     for inst in prediction:
         call = calls[inst.phrase_index]
@@ -132,9 +127,6 @@ def detector_train_batch(
     decoder: nn.Module,
 ) -> tuple[Any, Any]:
     """One detector item per row; phrase j of a row is its j-th group; target labels index phrases."""
-    from decoders.detection import DetectionBatch, DetectionTarget
-    from decoders.keypoints import PoseBatch, PoseTarget
-
     route = targets[0].route
     owners = _groups_by_row(rows)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
@@ -175,7 +167,7 @@ def generator_batch(
     calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
 ) -> tuple[Any, list[list[int]]]:
     """One image per call; steps and guidance come from the first call's options (one sampler run)."""
-    from decoders.diffusion import GenerationBatch
+    from decoders.diffusion import GenerationBatch  # lazy: diffusers, for [GEN]/[EDIT] only
 
     o = calls[0].options
     batch = GenerationBatch(projected, steps=o.steps, guidance_scale=o.guidance_scale, seeds=_seeds(calls))
@@ -185,7 +177,7 @@ def generator_batch(
 def editor_batch(
     calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
 ) -> tuple[Any, list[list[int]]]:
-    from decoders.diffusion import EditBatch
+    from decoders.diffusion import EditBatch  # lazy: diffusers, for [GEN]/[EDIT] only
 
     o = calls[0].options
     batch = EditBatch(
@@ -213,7 +205,7 @@ def generator_train_batch(
     images: Sequence[Any],
     decoder: nn.Module,
 ) -> tuple[Any, Any]:
-    from decoders.diffusion import DiffusionTargets, GenerationBatch
+    from decoders.diffusion import DiffusionTargets, GenerationBatch  # lazy: diffusers, for [GEN]/[EDIT] only
 
     return GenerationBatch(projected), DiffusionTargets(
         [t.image for t in targets], texts=target_texts(targets)
@@ -227,7 +219,7 @@ def editor_train_batch(
     images: Sequence[Any],
     decoder: nn.Module,
 ) -> tuple[Any, Any]:
-    from decoders.diffusion import DiffusionTargets, EditBatch
+    from decoders.diffusion import DiffusionTargets, EditBatch  # lazy: diffusers, for [GEN]/[EDIT] only
 
     sources = [images[r] for r in rows]
     if any(s is None for s in sources):
@@ -238,9 +230,6 @@ def editor_train_batch(
 
 
 def image_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:
-    from router.response import png_base64
-    from router.schemas import GeneratedImage
-
     (call,) = calls
     h, w = prediction.image.shape[:2]
     source = call.image_index if call.route == "EDIT" else None
