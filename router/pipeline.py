@@ -32,6 +32,7 @@ from mllm.images import ImageError, load_image
 from mllm.localize import LocalizeError, LocalizeRequest, localize_request, parse_class_list
 from mllm.processor import SuperLinkProcessor
 from mllm.scribble import ScribbleError, check_scribble
+from router.assets import shipped_checkpoint
 from router.bindings import BindingTable, DecoderBuilder, SuperLinkSystem, run_route
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
@@ -46,7 +47,7 @@ from router.stages import (
     RequestError,
     failed,
 )
-from router.system import build_system, load_system, route_table, save_system, shipped_checkpoint
+from router.system import build_system, load_system, route_table, save_system
 from router.workers import DecoderWorkers, Timed, torch_threads
 
 RequestLike = Request | Mapping[str, Any]

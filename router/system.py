@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_model
 from mllm.modeling import SuperLinkModel
 from mllm.modeling import build_model as build_mllm
 from mllm.processor import SuperLinkProcessor
-from router.assets import checkpoint_root
+from router.assets import SYSTEM_CONFIG
 from router.bindings import (
     PROJECTORS,
     BindingTable,
@@ -38,27 +38,9 @@ from router.config import SuperLinkConfig, load_config
 from router.routes import ROUTES
 from router.sources import data_tokenizer
 
-SYSTEM_CONFIG = "superlink.yaml"
 MLLM_DIR = "mllm"
 HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.* (those not saved whole under decoders/)
 DECODERS_DIR = "decoders"  # decoders/<name>/: a decoder loaded from a pretrained folder, saved in its own format
-CHECKPOINT_ROOT = checkpoint_root()  # trained presets shipped with the repo (or the wheel's copy: router/assets.py)
-
-
-def shipped_checkpoint(name: str) -> Path | None:
-    """checkpoints/<name>/ when a trained model of that preset name is shipped there, else None."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        return None
-    path = checkpoint_root() / name
-    return path if (path / SYSTEM_CONFIG).is_file() else None
-
-
-def model_config_of(preset_or_dir: str | Path) -> SuperLinkConfig:
-    """The system config `Pipeline.from_pretrained(preset_or_dir)` would use, without building anything."""
-    path = Path(preset_or_dir)
-    if not path.is_dir():
-        path = shipped_checkpoint(str(preset_or_dir)) or path
-    return load_config(path / SYSTEM_CONFIG) if path.is_dir() else load_config(preset_or_dir)
 
 
 def build_model(config: SuperLinkConfig, tokenizer: Any = None) -> Any:

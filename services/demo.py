@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 
 from evaluation.suite import region_prompt
+from router.assets import shipped_checkpoint
 from router.pipeline import Pipeline, forced_answer_hook
 from router.samples import TaskSample
 from router.schemas import Options, Request, Response
-from router.system import shipped_checkpoint
 from services.draw import annotate
 from shapesworld.tasks import make_sample
 

@@ -27,7 +27,6 @@ import torch
 
 from mllm.images import ImageError, TooManyPixels, load_image
 from router.config import import_modules
-from router.pipeline import Pipeline
 from router.schemas import Request, Response
 from router.stages import Prepared, RequestError, failed
 from services.cancel import AllSet, Flag, cancellable
@@ -98,6 +97,8 @@ def make_engine(
         torch.manual_seed(0)
     import_modules({"modules": config.modules})  # routes and decoder kinds declared outside the package
     if config.engine_factory is None:
+        from router.pipeline import Pipeline  # lazy: the CPU ingress imports this module and builds no model
+
         factory: Any = Pipeline.from_pretrained
     else:
         module, _, attr = config.engine_factory.partition(":")

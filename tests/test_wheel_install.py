@@ -54,7 +54,7 @@ import json, router, services.web
 from fastapi.testclient import TestClient
 from router.config import CONFIG_DIR, load_config
 from router.pipeline import Pipeline
-from router.system import CHECKPOINT_ROOT
+from router.assets import CHECKPOINT_ROOT
 from services.http import create_app
 pipe = Pipeline.from_pretrained("shapes")
 page = TestClient(create_app(pipe)).get("/")

@@ -1,6 +1,10 @@
 """Helpers shared by the built-in route modules: the detector family ([DET] [SEG] [GRD] [POSE]) and the
 diffusion family ([GEN] [EDIT]) each run one decoder type, so their batch builders and item conversions live here
-once; each route module picks the ones it uses."""
+once; each route module picks the ones it uses.
+
+The decoder modules (decoders.detection, decoders.keypoints, decoders.diffusion) are imported inside the helpers
+that run them: loading the route table (configs, the serving config, the CPU ingress) must not load Grounding DINO
+or diffusers, as decoders/builtin.py builds a decoder only when one is asked for."""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from decoders.detection import DetectionBatch, DetectionTarget
-from decoders.keypoints import PoseBatch, PoseTarget
 from router.response import mask_rle, png_base64
 from router.schemas import Detection, GeneratedImage, Item, Keypoints
 from router.stages import DecoderCall
@@ -49,6 +51,9 @@ def detector_batch(
     calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
 ) -> tuple[Any, list[list[int]]]:
     """One detector item per request; its phrases are that request's calls of this route."""
+    from decoders.detection import DetectionBatch  # lazy: see the module docstring
+    from decoders.keypoints import PoseBatch
+
     owners = _by_request(calls)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
     states = projected.new_zeros(len(owners), p_max, q, c)  # (B, P, Q, C)
@@ -127,6 +132,9 @@ def detector_train_batch(
     decoder: nn.Module,
 ) -> tuple[Any, Any]:
     """One detector item per row; phrase j of a row is its j-th group; target labels index phrases."""
+    from decoders.detection import DetectionBatch, DetectionTarget
+    from decoders.keypoints import PoseBatch, PoseTarget
+
     route = targets[0].route
     owners = _groups_by_row(rows)
     p_max, (q, c) = max(len(o) for o in owners), projected.shape[1:]
@@ -167,7 +175,7 @@ def generator_batch(
     calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
 ) -> tuple[Any, list[list[int]]]:
     """One image per call; steps and guidance come from the first call's options (one sampler run)."""
-    from decoders.diffusion import GenerationBatch  # lazy: diffusers, for [GEN]/[EDIT] only
+    from decoders.diffusion import GenerationBatch
 
     o = calls[0].options
     batch = GenerationBatch(projected, steps=o.steps, guidance_scale=o.guidance_scale, seeds=_seeds(calls))
@@ -177,7 +185,7 @@ def generator_batch(
 def editor_batch(
     calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
 ) -> tuple[Any, list[list[int]]]:
-    from decoders.diffusion import EditBatch  # lazy: diffusers, for [GEN]/[EDIT] only
+    from decoders.diffusion import EditBatch
 
     o = calls[0].options
     batch = EditBatch(
@@ -205,7 +213,7 @@ def generator_train_batch(
     images: Sequence[Any],
     decoder: nn.Module,
 ) -> tuple[Any, Any]:
-    from decoders.diffusion import DiffusionTargets, GenerationBatch  # lazy: diffusers, for [GEN]/[EDIT] only
+    from decoders.diffusion import DiffusionTargets, GenerationBatch
 
     return GenerationBatch(projected), DiffusionTargets(
         [t.image for t in targets], texts=target_texts(targets)
@@ -219,7 +227,7 @@ def editor_train_batch(
     images: Sequence[Any],
     decoder: nn.Module,
 ) -> tuple[Any, Any]:
-    from decoders.diffusion import DiffusionTargets, EditBatch  # lazy: diffusers, for [GEN]/[EDIT] only
+    from decoders.diffusion import DiffusionTargets, EditBatch
 
     sources = [images[r] for r in rows]
     if any(s is None for s in sources):
