@@ -152,6 +152,19 @@ class ImageTokenizerConfig(StrictModel):
     combine: Literal["add", "replace"] = "add"
 
 
+class DenseProbeConfig(StrictModel):
+    """Dense supervision of the image tokens (a from-scratch vision tower's shortcut to informative patches).
+
+    Present: a linear head reads every projected patch feature (the LLM's image tokens before any image
+    tokenizer) and is trained, with a binary cross-entropy, on per-patch label coverage that the data source
+    provides (`scene.dense_labels()`: ShapesWorld gives kind and colour coverage and object centres). Rows
+    whose sample has no dense labels (COCO, LLaVA, pure text) add nothing. Absent (the default): no head.
+    """
+
+    labels: int = Field(ge=1, description="label channels per patch; must match the data's dense labels")
+    weight: float = Field(1.0, ge=0.0, description="weight of the probe loss in the joint loss")
+
+
 class MLLMConfig(StrictModel):
     """The multimodal LLM. `pretrained` points at a local LLaVA-format folder (real scale)."""
 
@@ -166,10 +179,16 @@ class MLLMConfig(StrictModel):
     region: RegionConfig = RegionConfig()
     lora: LoraConfig | None = None
     projector: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
+    # LayerNorm on the vision tower's patch features before the projector (InternVL's `mlp1`, which VisionLLM v2
+    # builds on). A tower trained from scratch grows its residual stream (patch norms ~800 in the first
+    # `shapes` checkpoint): unnormalised, the projected patches reach the LLM ~10^4 x the text embeddings'
+    # norm and 98% alike, and the LLM's RMSNorm scales their gradient down by as much. Off: LLaVA's layout.
+    projector_norm: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # VisionLLM v1 options, off by default (a config without them builds and loads exactly as before).
     format_queries: FormatQueryConfig | None = None
     image_tokenizer: ImageTokenizerConfig | None = None
+    dense_probe: DenseProbeConfig | None = None
 
     @model_validator(mode="after")
     def _check_routes(self) -> MLLMConfig:

@@ -57,7 +57,7 @@ def freeze_all_but_adapters(model: SuperLinkModel) -> None:
             for attr in module.adapter_layer_names:  # peft's own list of its adapter weight holders
                 getattr(module, attr).requires_grad_(True)
     parts = (model.queries, model.region_encoder, model.llava.model.multi_modal_projector, model.format_queries,
-             model.image_tokenizer)
+             model.image_tokenizer, model.dense_probe, model.projector_norm)
     for part in parts:
         if part is not None:
             part.requires_grad_(True)

@@ -108,6 +108,8 @@ class SuperLinkOutput:
     logits: torch.Tensor  # (B, T, V)
     # route -> states (N, Q, D) and index (N, 2); a route with no query group in the batch is absent
     link_states: dict[str, LinkStates]
+    # (N_img, P, D) projected patch features (the image tokens before any image tokenizer); None without images
+    image_features: torch.Tensor | None = None
 
 
 @dataclass
@@ -195,6 +197,9 @@ class SuperLinkModel(nn.Module):
         n_img = self.config.num_image_tokens
         heads = llava.config.text_config.num_attention_heads
         self.image_tokenizer = LanguageGuidedTokenizer(tok, hidden, n_img, heads) if tok is not None else None
+        self.projector_norm = nn.LayerNorm(vision_dim) if self.config.projector_norm else None
+        probe = self.config.dense_probe
+        self.dense_probe = nn.Linear(hidden, probe.labels) if probe is not None else None
         self.to(getattr(torch, self.config.dtype))
         if self.config.lora is not None:
             from mllm.lora import apply_lora  # lazy: peft loads only for a LoRA model
@@ -217,6 +222,10 @@ class SuperLinkModel(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N_img, 3, S, S) -> patch features (N_img, P, C_vis) and projected features (N_img, P, D)."""
         cfg = self.llava.config
+        if self.projector_norm is not None:  # LayerNorm -> projector (config.projector_norm)
+            out = self.llava.model.vision_tower(pixel_values, output_hidden_states=True)
+            patches = out.hidden_states[cfg.vision_feature_layer][:, 1:]  # (N_img, P, C_vis), CLS dropped
+            return patches, self.llava.model.multi_modal_projector(self.projector_norm(patches))
         out = self.llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         patches = out.hidden_states[cfg.vision_feature_layer][:, 1:]  # (N_img, P, C_vis), CLS dropped
         projected = torch.stack(list(out.pooler_output))  # (N_img, P, D)
@@ -228,8 +237,9 @@ class SuperLinkModel(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None,
         text_mask: torch.Tensor | None = None,  # (B, T) instruction tokens, for the language-guided tokenizer
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Scatter projected image features into the <image> slots; also return the patch features."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Scatter projected image features into the <image> slots; also return the vision tower's patch
+        features (N_img, P, C_vis) and the projected ones (N_img, P, D) before any image tokenizer."""
         mask = input_ids == self.token_ids.image  # (B, T)
         n_tokens = int(mask.sum())
         if pixel_values is None:
@@ -237,10 +247,11 @@ class SuperLinkModel(nn.Module):
                 raise ModelInputError(
                     f"input_ids hold {n_tokens} <image> tokens but no pixel_values were given"
                 )
-            return embeds, None
-        patches, projected = self.encode_images(pixel_values.to(embeds.dtype))
+            return embeds, None, None
+        patches, features = self.encode_images(pixel_values.to(embeds.dtype))
+        projected = features
         if self.image_tokenizer is not None:
-            projected = self.tokenize_images(projected, embeds, input_ids, text_mask)
+            projected = self.tokenize_images(features, embeds, input_ids, text_mask)
         n_img, n_patch = projected.shape[:2]
         if n_tokens != n_img * n_patch:
             raise ModelInputError(
@@ -248,7 +259,7 @@ class SuperLinkModel(nn.Module):
                 f"({n_patch} each); the processor must expand each <image> to {n_patch} tokens"
             )
         embeds = embeds.masked_scatter(mask[..., None], projected.to(embeds.dtype))
-        return embeds, patches
+        return embeds, patches, features
 
     def tokenize_images(
         self, projected: torch.Tensor, embeds: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor | None
@@ -347,11 +358,22 @@ class SuperLinkModel(nn.Module):
         labels: torch.Tensor | None = None,  # (B, T); marks where answers start (image tokenizer only)
     ) -> torch.Tensor:
         """(B, T) ids plus images/regions -> (B, T, D) LLM input embeddings."""
+        return self._prepare(input_ids, pixel_values, region_masks, region_image_index, labels)[0]
+
+    def _prepare(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        region_masks: torch.Tensor | None,
+        region_image_index: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """prepare_embeds, and the projected patch features (N_img, P, D) it used (None without images)."""
         embeds = self.embed_inputs(input_ids)
         text_mask = self.instruction_mask(input_ids, labels) if self.image_tokenizer is not None else None
-        embeds, patches = self.add_image_features(embeds, input_ids, pixel_values, text_mask)
+        embeds, patches, features = self.add_image_features(embeds, input_ids, pixel_values, text_mask)
         embeds = self.add_regions(embeds, input_ids, region_masks, region_image_index, patches)
-        return self.scatter_route_queries(embeds, input_ids)
+        return self.scatter_route_queries(embeds, input_ids), features
 
     def run_llm(
         self,
@@ -395,12 +417,12 @@ class SuperLinkModel(nn.Module):
         labels: torch.Tensor | None = None,  # (B, T), -100 where no loss
     ) -> SuperLinkOutput:
         check_same_shape(input_ids, attention_mask=attention_mask, labels=labels)
-        embeds = self.prepare_embeds(input_ids, pixel_values, region_masks, region_image_index, labels)
+        embeds, features = self._prepare(input_ids, pixel_values, region_masks, region_image_index, labels)
         hidden = self.run_llm(embeds, attention_mask).last_hidden_state  # (B, T, D)
         logits = self.lm_logits(hidden)  # (B, T, V)
         loss = lm_loss(logits, labels) if labels is not None else None
         return SuperLinkOutput(
-            loss=loss, logits=logits, link_states=self.gather_link_states(hidden, input_ids)
+            loss=loss, logits=logits, link_states=self.gather_link_states(hidden, input_ids), image_features=features
         )
 
     def generate(self, batch: Any, **kwargs: Any) -> list[Generation]:

@@ -105,6 +105,45 @@ def decoder_loss(system: SuperLinkSystem, route: str, states: torch.Tensor, rows
     return out.loss
 
 
+def dense_targets(samples: Sequence[Any], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch dense labels of each input image, pooled to the vision tower's grid.
+
+    Images are in processor order (one per sample that has one). Returns targets (N_img, grid * grid, L)
+    (the fraction of each patch a label covers) and a (N_img,) bool mask of the images whose sample's scene
+    provides `dense_labels()` (L = 0 when none does)."""
+    maps = [getattr(s.scene, "dense_labels", None) if s.image is not None else None for s in samples]
+    maps = [m for s, m in zip(samples, maps, strict=True) if s.image is not None]
+    pooled, have = [], []
+    for fn in maps:
+        have.append(fn is not None)
+        if fn is not None:
+            labels = torch.from_numpy(np.ascontiguousarray(fn())).permute(2, 0, 1)  # (L, H, W)
+            pooled.append(F.adaptive_avg_pool2d(labels[None], grid)[0].flatten(1).T)  # (P, L) row-major
+    n_labels = pooled[0].shape[-1] if pooled else 0
+    out = torch.zeros(len(maps), grid * grid, n_labels)
+    if pooled:
+        out[torch.tensor(have)] = torch.stack(pooled)
+    return out, torch.tensor(have, dtype=torch.bool)
+
+
+def dense_probe_loss(model: Any, features: torch.Tensor, samples: Sequence[Any]) -> torch.Tensor:
+    """BCE of the model's dense probe on its projected patch features (N_img, P, D) against the pooled
+    `scene.dense_labels()` of each image (mllm.config.DenseProbeConfig); images without labels add nothing
+    (the probe still joins the graph, so every rank of a data-parallel run sees it used)."""
+    grid = int(round(features.shape[1] ** 0.5))
+    targets, have = dense_targets(samples, grid)
+    logits = model.dense_probe(features)  # (N_img, P, L)
+    if not have.any():
+        return logits.sum() * 0.0
+    if targets.shape[-1] != logits.shape[-1]:
+        raise ValueError(
+            f"the dense probe predicts {logits.shape[-1]} labels per patch but the data's scenes give "
+            f"{targets.shape[-1]}; set model.dense_probe.labels to {targets.shape[-1]}"
+        )
+    have = have.to(logits.device)
+    return F.binary_cross_entropy_with_logits(logits[have].float(), targets.to(logits.device)[have.cpu()])
+
+
 def link_health(system: SuperLinkSystem, route: str, states: torch.Tensor, weighted: torch.Tensor) -> dict[str, float]:
     """How a route's link is doing, so a collapse shows while it happens.
 
@@ -150,6 +189,10 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
         total = total + weighted
         if health:
             stats.update(link_health(system, route, states, weighted))
+    probe = system.model.config.dense_probe
+    if probe is not None and out.image_features is not None:
+        parts["dense"] = dense_probe_loss(system.model, out.image_features, batch.samples)
+        total = total + probe.weight * parts["dense"]
     fq = system.model.config.format_queries
     rows = [i for i, s in enumerate(batch.samples) if s.task in FORMAT_TASKS]
     if fq is not None and rows:  # output-format-as-query: set loss on the slots after each prompt

@@ -27,6 +27,9 @@ SIZE_RANGE = (0.09, 0.17)  # circumradius as a fraction of the image side (>= 23
 MIN_VISIBLE = 0.75  # every object keeps at least this fraction of its own area visible
 SAME_COLOR_GAP = 3  # pixels between objects of one colour (keeps the oracle's components exact)
 MAX_OBJECTS = 8
+CENTRE_RADIUS = 0.05  # radius of the dense "centre" label's disk, as a fraction of the image side
+# Channels of Scene.dense_labels: the coverage of each kind, of each colour, and object centres.
+DENSE_LABELS: tuple[str, ...] = (*KINDS, *COLORS, "centre")
 
 
 # ---- shape geometry ----------------------------------------------------------------------------
@@ -174,6 +177,28 @@ class Scene:
     def render(self) -> np.ndarray:
         """(H, W, 3) uint8: the same as render(scene)."""
         return render(self)
+
+    def dense_labels(self) -> np.ndarray:
+        """(H, W, len(DENSE_LABELS)) float32 in {0, 1}: per pixel, the kind and the colour of the visible
+        object there, and whether it lies within CENTRE_RADIUS of an object's centre (a handle for counting).
+        The model's dense probe (mllm.config.DenseProbeConfig) learns these, pooled to its patch grid."""
+        size, n_kinds = self.image_size, len(KINDS)
+        kind_of = np.zeros(len(self.objects) + 1, np.int64)  # id -> channel; id 0 (background) is dropped
+        colour_of = np.zeros(len(self.objects) + 1, np.int64)
+        for k, o in enumerate(self.objects):
+            kind_of[k + 1] = KINDS.index(o.kind)
+            colour_of[k + 1] = n_kinds + list(COLORS).index(o.color)
+        out = np.zeros((size, size, len(DENSE_LABELS)), np.float32)
+        ys, xs = np.nonzero(self.id_map)
+        ids = self.id_map[ys, xs]
+        out[ys, xs, kind_of[ids]] = 1.0
+        out[ys, xs, colour_of[ids]] = 1.0
+        grid_y, grid_x = np.mgrid[0:size, 0:size] + 0.5
+        r2 = (CENTRE_RADIUS * size) ** 2
+        for o in self.objects:
+            cx, cy = o.center
+            out[..., -1] = np.maximum(out[..., -1], (grid_x - cx) ** 2 + (grid_y - cy) ** 2 <= r2)
+        return out
 
 
 # ---- rendering -----------------------------------------------------------------------------------

@@ -80,8 +80,8 @@ def test_pairs_have_different_answers():
         assert len(pair) == 2 and pair[0][1] != pair[1][1], text
 
 
-@pytest.mark.xfail(strict=False, reason="the shipped model answers VQA mostly from the question alone (0 of 8 "
-                   "pairs, retrained checkpoint of 2026-11-30 included): 'zero' for most counts, one shape per question")
+@pytest.mark.xfail(strict=False, reason="the shipped model answers VQA from the question alone: its LLM does not "
+                   "read the image (EVAL.md, 'The LLM does not read the image'; bench/image_reliance.py)")
 def test_same_question_on_two_scenes_gets_both_answers_right():
     from PIL import Image
 

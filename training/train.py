@@ -71,7 +71,8 @@ LOG = "train_log.jsonl"
 # ---- parameter groups and stages ----------------------------------------------------------------
 def group_of(name: str) -> str:
     """Which learning-rate group a parameter of SuperLinkSystem belongs to (by its checkpoint key)."""
-    if name.startswith(("projectors.", "model.image_tokenizer.")) or ".multi_modal_projector." in name:
+    image_side = ("model.image_tokenizer.", "model.dense_probe.", "model.projector_norm.")
+    if name.startswith(("projectors.", *image_side)) or ".multi_modal_projector." in name:
         return "projectors"
     if name.startswith("decoders."):
         return "decoders"

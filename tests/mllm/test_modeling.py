@@ -223,3 +223,42 @@ def test_lora_steps_change_only_trainable_parameters(cfg, tokenizer):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == trainable
     assert torch.equal(model.llava.get_input_embeddings()(old_ids), old_rows)  # base vocabulary rows frozen
+
+
+def _scaled_tower(model: SuperLinkModel, factor: float):
+    """Multiply every hidden state the vision tower returns by `factor` (a residual stream grown in training)."""
+
+    def hook(_module, _inputs, output):
+        output.hidden_states = tuple(None if h is None else h * factor for h in output.hidden_states)
+        return output
+
+    return model.llava.model.vision_tower.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_projector_norm_makes_image_tokens_independent_of_the_towers_scale(cfg, tokenizer, norm):
+    torch.manual_seed(0)
+    model = SuperLinkModel(cfg.model_copy(update={"projector_norm": norm}), tokenizer).eval()
+    assert (model.projector_norm is not None) == norm
+    pixels = images(2)
+    with torch.no_grad():
+        _, base = model.encode_images(pixels)
+        handle = _scaled_tower(model, 100.0)
+        try:
+            _, grown = model.encode_images(pixels)
+        finally:
+            handle.remove()
+    if norm:  # LayerNorm -> projector: the same image tokens whatever the tower's scale
+        assert torch.allclose(grown, base, atol=1e-4)
+    else:  # LLaVA's layout: the image tokens grow with the tower (the shipped `shapes` tower reached ~800)
+        assert grown.norm(dim=-1).mean() > 10 * base.norm(dim=-1).mean()
+
+
+def test_projector_norm_trains_with_the_image_tokens(cfg, tokenizer):
+    torch.manual_seed(0)
+    model = SuperLinkModel(cfg.model_copy(update={"projector_norm": True}), tokenizer)
+    _, projected = model.encode_images(images(2))
+    projected.square().mean().backward()
+    assert model.projector_norm.weight.grad.abs().sum() > 0
+    vision = [p for n, p in model.named_parameters() if ".vision_tower." in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision)
