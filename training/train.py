@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -520,12 +519,6 @@ def _log(run: Run, record: dict) -> None:
     if run.rank == 0:
         with (run.out / LOG).open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def iter_log(out_dir: str | Path) -> Iterator[dict]:
-    with (Path(out_dir) / LOG).open() as f:
-        for line in f:
-            yield json.loads(line)
 
 
 def main() -> None:
