@@ -6,6 +6,7 @@
 A call runs five stages, each taking and returning plain picklable data so that the
 Ray Serve deployments can run them in separate processes (see router/stages.py):
 prepare -> generate -> plan -> run_decoder (one per decoder, concurrently) -> assemble.
+Building, saving and loading the system is router/system.py; the decoder workers are router/workers.py.
 
 Routes: `Options.routes` restricts which routing tokens may fire. Naming a route the
 model does not declare, or one whose decoder is not deployed, is a `RequestError`
