@@ -46,7 +46,10 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# Ray replicas import the engine factory (tests.doubles) by name: they need the checkout on their path too.
+RAY_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
 
 from bench.serving import free_port, load  # noqa: E402
 from services.app import DEFAULT_SERVE_YAML, load_serve_file  # noqa: E402
@@ -553,7 +556,7 @@ def main() -> None:
         with BackgroundServer(create_app(ScriptedPipeline.from_pretrained(model_dir))) as local_url:
             asyncio.run(load(local_url, 1, 3))  # warm-up
             local_p50 = asyncio.run(load(local_url, 1, n_lat))["p50_ms"]
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RAY_ENV)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"

@@ -30,7 +30,10 @@ from typing import Any
 import httpx
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# Ray replicas import the engine factory (tests.doubles) by name: they need the checkout on their path too.
+RAY_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
 
 from services.http import BackgroundServer, create_app  # noqa: E402
 from tests.doubles import ScriptedPipeline  # noqa: E402
@@ -108,7 +111,7 @@ def bench_ray(model_dir: Path, counts: dict[int, int]) -> tuple[list[dict[str, A
 
     from services.app import build_app
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RAY_ENV)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url, runs, batches = f"http://127.0.0.1:{port}", [], {}
