@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent
 # (not its training logs or demo picture).
 SHIPPED = ["configs/*.yaml", "checkpoints/*/superlink.yaml", "checkpoints/*/heads.safetensors",
            "checkpoints/*/README.md", "checkpoints/*/mllm/*",
-           "checkpoints/*/decoders/**/*"]  # decoders saved whole in their own format (router/pipeline.py DECODERS_DIR)
+           "checkpoints/*/decoders/**/*"]  # decoders saved whole in their own format (router/system.py DECODERS_DIR)
 
 
 class BuildPyWithShippedData(build_py):

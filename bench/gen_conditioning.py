@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from decoders.diffusion import DiffusionTargets, GenerationBatch, GenerationDecoder  # noqa: E402
 from router.bindings import target_texts  # noqa: E402
-from router.pipeline import load_system  # noqa: E402
+from router.system import load_system  # noqa: E402
 from shapesworld.tasks import make_sample  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from router.loss import collate, lm_loss_per_task, model_inputs  # noqa: E402
-from router.pipeline import load_system  # noqa: E402
+from router.system import load_system  # noqa: E402
 from shapesworld.tasks import make_sample  # noqa: E402
 
 TASKS = ("vqa", "caption", "native_detection")

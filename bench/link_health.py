@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from router.loss import collate, joint_loss  # noqa: E402
-from router.pipeline import load_system  # noqa: E402
+from router.system import load_system  # noqa: E402
 from training.train import batch_samples  # noqa: E402
 
 ROUTED_TASKS = ("detection", "segmentation", "grounding", "keypoints", "generation", "editing")

@@ -3,7 +3,7 @@ against a real Ray Serve cluster on this machine (loopback only; bounded in coun
 
     python bench/reliability.py [--quick] [--json] [--max-seconds 900]
 
-The tiny preset (random weights, saved once, answers forced by services.testing.ScriptedPipeline so
+The tiny preset (random weights, saved once, answers forced by tests.doubles.ScriptedPipeline so
 [DET]/[SEG]/[GEN] really fire) is served with Ray Serve: ingress -> MLLM -> detector + generator.
 Phases:
   bad inputs  a catalog of malformed / hostile requests (images, bodies, content types, JSON, base64,
@@ -46,12 +46,15 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# Ray replicas import the engine factory (tests.doubles) by name: they need the checkout on their path too.
+RAY_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
 
 from bench.serving import free_port, load  # noqa: E402
 from services.app import DEFAULT_SERVE_YAML, load_serve_file  # noqa: E402
 from services.http import BackgroundServer, create_app  # noqa: E402
-from services.testing import ScriptedPipeline  # noqa: E402
+from tests.doubles import ScriptedPipeline  # noqa: E402
 
 TOKEN = "reliability-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -513,7 +516,7 @@ def serve_config(model_dir: Path) -> dict[str, Any]:
 
     return {
         "model": str(model_dir),
-        "engine_factory": "services.testing:scripted_engine",
+        "engine_factory": "tests.doubles:scripted_engine",
         "routes": ["DET", "SEG", "GRD", "GEN"],
         "ingress": {**replica(shipped.ingress), "ray_actor_options": {"num_cpus": 0.1}},
         "mllm": replica(shipped.mllm),
@@ -553,7 +556,7 @@ def main() -> None:
         with BackgroundServer(create_app(ScriptedPipeline.from_pretrained(model_dir))) as local_url:
             asyncio.run(load(local_url, 1, 3))  # warm-up
             local_p50 = asyncio.run(load(local_url, 1, n_lat))["p50_ms"]
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RAY_ENV)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"

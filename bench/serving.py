@@ -3,7 +3,7 @@
     python bench/serving.py --preset tiny [--quick] [--json]
 
 Every request is "detect the stars" on a 48x48 image. The tiny model's answer is forced
-(services.testing.ScriptedPipeline) so [DET] fires and the detector really runs.
+(tests.doubles.ScriptedPipeline) so [DET] fires and the detector really runs.
 Backends, each over HTTP on loopback:
   in-process        uvicorn + services.http.create_app(Pipeline) in this process
   ray-batching      Ray Serve (ingress -> MLLM -> detector deployments), @serve.batch on
@@ -30,10 +30,13 @@ from typing import Any
 import httpx
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# Ray replicas import the engine factory (tests.doubles) by name: they need the checkout on their path too.
+RAY_ENV = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
 
 from services.http import BackgroundServer, create_app  # noqa: E402
-from services.testing import ScriptedPipeline  # noqa: E402
+from tests.doubles import ScriptedPipeline  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 OPTIONS = {"max_new_tokens": 24}
@@ -89,7 +92,7 @@ def run_backend(name: str, url: str, counts: dict[int, int]) -> list[dict[str, A
 def serve_config(model_dir: Path, batching: bool) -> dict[str, Any]:
     batch = {"enabled": batching, "max_batch_size": 16, "batch_wait_timeout_s": 0.002}
     replica = {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64, "batching": batch}
-    return {"model": str(model_dir), "engine_factory": "services.testing:scripted_engine", "routes": ["DET"],
+    return {"model": str(model_dir), "engine_factory": "tests.doubles:scripted_engine", "routes": ["DET"],
             "ingress": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 128},
             "mllm": replica, "decoders": {"detector": replica}}  # fmt: skip
 
@@ -108,7 +111,7 @@ def bench_ray(model_dir: Path, counts: dict[int, int]) -> tuple[list[dict[str, A
 
     from services.app import build_app
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RAY_ENV)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url, runs, batches = f"http://127.0.0.1:{port}", [], {}

@@ -32,7 +32,7 @@ import training.specialists as specialists  # noqa: E402
 from mllm.modeling import SuperLinkModel  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.loss import dense_targets  # noqa: E402
-from router.pipeline import build_system  # noqa: E402
+from router.system import build_system  # noqa: E402
 from shapesworld.scene import DENSE_LABELS  # noqa: E402
 
 

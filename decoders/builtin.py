@@ -5,23 +5,23 @@ The heavy modules (transformers, diffusers) are imported when a decoder is built
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
+from decoders.base import Decoder
 from decoders.config import DetectorConfig, DiffusionConfig, EditorConfig, KeypointConfig
 from decoders.registry import DecoderKind, register_decoder_kind
 
 
-def build_detector(c: DetectorConfig, sections: Mapping[str, Any]) -> nn.Module:
+def build_detector(c: DetectorConfig, sections: Mapping[str, Any]) -> Decoder:
     from decoders.detection import DetectionDecoder
 
     return DetectionDecoder.from_pretrained(c.pretrained, c) if c.pretrained else DetectionDecoder(c)
 
 
-def build_keypoints(c: KeypointConfig, sections: Mapping[str, Any]) -> nn.Module:
+def build_keypoints(c: KeypointConfig, sections: Mapping[str, Any]) -> Decoder:
     """The [POSE] decoder with its own detector (the `detector` entry's, loaded from its pretrained folder when
     set). With share_detector the detector is a placeholder until the system gives it the real one."""
     from decoders.detection import DetectionDecoder
@@ -33,22 +33,20 @@ def build_keypoints(c: KeypointConfig, sections: Mapping[str, Any]) -> nn.Module
     return KeypointDecoder.build(c, det)
 
 
-def build_generator(c: DiffusionConfig, sections: Mapping[str, Any]) -> nn.Module:
+def build_generator(c: DiffusionConfig, sections: Mapping[str, Any]) -> Decoder:
     from decoders.diffusion import GenerationDecoder
 
     return GenerationDecoder.from_pretrained_sd(c.pretrained, c) if c.pretrained else GenerationDecoder(c)
 
 
-def build_editor(c: EditorConfig, sections: Mapping[str, Any]) -> nn.Module:
+def build_editor(c: EditorConfig, sections: Mapping[str, Any]) -> Decoder:
     from decoders.diffusion import EditDecoder
 
     return EditDecoder.from_pretrained_ip2p(c.pretrained, c) if c.pretrained else EditDecoder(c)
 
 
 def _load(module: str, cls: str):  # noqa: ANN202
-    def load(path: Path) -> nn.Module:
-        import importlib
-
+    def load(path: Path) -> Decoder:
         return getattr(importlib.import_module(module), cls).from_pretrained(path)
 
     return load

@@ -20,9 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from decoders.base import Decoder
+
 # Decoders are torch modules; the registry names them Any so configs load without importing torch.
-Build = Callable[[Any, Mapping[str, Any]], Any]  # (own section, all sections by name) -> decoder
-Load = Callable[[Path], Any]  # folder written by the decoder's save_pretrained -> decoder
+Build = Callable[[Any, Mapping[str, Any]], Decoder]  # (own section, all sections by name) -> decoder
+Load = Callable[[Path], Decoder]  # folder written by the decoder's save_pretrained -> decoder
 PretrainedFolder = Callable[[Any, Mapping[str, Any]], str | None]
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from shapesworld.constants import COLORS, KINDS
+from shapesworld.oracle import read_objects
 
 Box = Sequence[float]  # x1, y1, x2, y2 pixels
 Reader = Callable[[Any], Sequence[Any]]  # image -> oracle objects with kind, color, box
@@ -47,8 +48,6 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def _default_reader() -> Reader:
-    from shapesworld.oracle import read_objects  # lazy: the oracle is optional for the other metrics
-
     return read_objects
 
 

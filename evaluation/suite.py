@@ -54,7 +54,9 @@ from evaluation.metrics import (
     routing_accuracy,
     vqa_accuracy,
 )
+from mllm.localize import localize_request, parse_native
 from mllm.vocab import phrase_before, route_names_in
+from router.pipeline import Pipeline, forced_answer_hook
 from router.samples import TaskSample
 from router.schemas import Options, RegionPrompt, Request, Response
 from shapesworld.constants import SPLIT_SEEDS
@@ -143,8 +145,6 @@ def to_request(family: str, sample: TaskSample, index: int) -> Request:
 def run_samples(pipe: Any, pairs: Sequence[tuple[str, TaskSample]], batch_size: int = 16,
                 teacher_force: bool = False) -> list[Scored]:
     """Batched pipeline calls, one family per batch (equal decoding options share one generate call)."""
-    from router.pipeline import forced_answer_hook
-
     out: list[Scored] = []
     start = 0
     while start < len(pairs):
@@ -236,8 +236,6 @@ def _route_predictions(resp: Response, route: str, iou_type: str, cats: Sequence
 
 def score_native(scored: Sequence[Scored], location_bins: int) -> dict[str, float] | None:
     """Box AP of location-token answers; class slots bind to the categories the sample asked for."""
-    from mllm.localize import parse_native
-
     cats = sorted({c for s in scored for c in s.sample.classes})
     gts, preds = [], []
     for i, s in enumerate(scored):
@@ -255,8 +253,6 @@ def score_native(scored: Sequence[Scored], location_bins: int) -> dict[str, floa
 
 def requested_points(sample: TaskSample) -> int | None:
     """The polygon point count a sample's instruction asks for, read as the pipeline reads it."""
-    from mllm.localize import localize_request
-
     return localize_request(sample.instruction).points
 
 
@@ -477,8 +473,6 @@ def evaluate_model(model: str = "shapes", split: str = "val", n: int = 50, seed:
     `n` is the total number of scenes over all task families (scored once per wording set, see
     `evaluate_pipeline`); the result also carries `model`, `wording` and `load_s`.
     """
-    from router.pipeline import Pipeline
-
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(model)
     load_s = time.perf_counter() - t0

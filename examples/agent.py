@@ -1,7 +1,7 @@
 """A LangChain agent that calls SuperLink as a tool.
 
-    python examples/agent.py                          # offline: in-process tiny Pipeline, scripted chat model
-    python examples/agent.py --preset shapes          # a trained preset (when shipped)
+    python examples/agent.py                          # offline: the shipped `shapes` model in-process, and a
+                                                      # stand-in chat model that calls the tool once
     python examples/agent.py --url http://127.0.0.1:8000 --model openai:gpt-4o-mini   # a server + a real model
 
 Images are registered with the tool by name; the model refers to them by name.
@@ -14,10 +14,13 @@ import io
 from typing import Any
 
 from langchain.agents import create_agent
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from PIL import Image, ImageDraw
 
-from services.langchain_tool import SuperLinkTool, scripted_chat_model
+from router.pipeline import Pipeline
+from services.client import SuperLinkClient
+from services.langchain_tool import SuperLinkTool
 
 INSTRUCTION = "detect the red circles"
 
@@ -30,25 +33,29 @@ def demo_image() -> bytes:
     return buf.getvalue()
 
 
-def make_backend(url: str | None, preset: str) -> Any:
-    if url is not None:
-        from services.client import SuperLinkClient
+class OfflineChatModel(GenericFakeChatModel):
+    """Stands in for an LLM when no --model is given: it calls the superlink tool once, then answers.
+    (GenericFakeChatModel refuses bind_tools, which an agent needs; this one returns itself.)"""
 
-        return SuperLinkClient(url)
-    if preset == "tiny":  # random weights: script the answer so [DET] fires; link states and detector are real
-        from services.testing import ScriptedPipeline
-
-        return ScriptedPipeline.from_pretrained(preset)
-    from router.pipeline import Pipeline
-
-    return Pipeline.from_pretrained(preset)
+    def bind_tools(self, tools: Any, **kwargs: Any) -> OfflineChatModel:
+        return self
 
 
-def run(url: str | None = None, model: str | None = None, preset: str = "tiny") -> dict[str, Any]:
+def offline_chat_model(instruction: str, image_ids: list[str], final_answer: str) -> OfflineChatModel:
+    call = {"name": "superlink", "args": {"instruction": instruction, "image_ids": image_ids}, "id": "call_1",
+            "type": "tool_call"}
+    return OfflineChatModel(messages=iter([AIMessage(content="", tool_calls=[call]), AIMessage(content=final_answer)]))
+
+
+def make_backend(url: str | None, preset: str) -> SuperLinkClient | Pipeline:
+    return SuperLinkClient(url) if url is not None else Pipeline.from_pretrained(preset)
+
+
+def run(url: str | None = None, model: str | None = None, preset: str = "shapes") -> dict[str, Any]:
     """Build the agent, ask it about one image, return the final answer and the tool's artifact."""
     tool = SuperLinkTool(backend=make_backend(url, preset))
     tool.add_image("scene", demo_image())
-    chat = model if model is not None else scripted_chat_model(INSTRUCTION, ["scene"], "I ran the detector on 'scene'.")
+    chat = model if model is not None else offline_chat_model(INSTRUCTION, ["scene"], "I ran the detector on 'scene'.")
     agent = create_agent(chat, tools=[tool], system_prompt="Registered images: 'scene'. Use the superlink tool.")
     result = agent.invoke({"messages": [HumanMessage(f"In the image 'scene', {INSTRUCTION}.")]})
     tool_msgs = [m for m in result["messages"] if isinstance(m, ToolMessage)]
@@ -59,8 +66,8 @@ def run(url: str | None = None, model: str | None = None, preset: str = "tiny") 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running SuperLink server; default: an in-process Pipeline")
-    parser.add_argument("--model", help="a chat model for langchain's init_chat_model, e.g. openai:gpt-4o-mini")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model", help="a chat model for langchain's create_agent, e.g. openai:gpt-4o-mini")
+    parser.add_argument("--preset", default="shapes", help="a preset or a saved model folder (in-process backend)")
     args = parser.parse_args()
     out = run(args.url, args.model, args.preset)
     print("tool said:", *out["tool_content"], sep="\n  ")

@@ -42,6 +42,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from mllm.config import MLLMConfig, TextConfig, VisionConfig, require_folder, validate_mapping
 from mllm.embeddings import default_dtype, grow_token_embeddings, load_weights
 from mllm.format_queries import FormatQueries
+from mllm.generation import generate
 from mllm.image_tokenizer import LanguageGuidedTokenizer
 from mllm.region import RegionEncoder
 from mllm.tokenizer import add_superlink_tokens
@@ -201,7 +202,7 @@ class SuperLinkModel(nn.Module):
         self.dense_probe = nn.Linear(hidden, probe.labels) if probe is not None else None
         self.to(getattr(torch, self.config.dtype))
         if self.config.lora is not None:
-            from mllm.lora import apply_lora
+            from mllm.lora import apply_lora  # lazy: peft loads only for a LoRA model
 
             apply_lora(self, self.config.lora)
 
@@ -426,8 +427,6 @@ class SuperLinkModel(nn.Module):
 
     def generate(self, batch: Any, **kwargs: Any) -> list[Generation]:
         """Batched routed generation; see mllm.generation.generate for the options."""
-        from mllm.generation import generate
-
         return generate(self, batch, **kwargs)
 
     @torch.no_grad()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pycocotools import mask as mask_utils
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -465,8 +466,6 @@ def _check_rle_counts(counts: str | bytes, size: list[Any]) -> None:
 def _mask_array(mask: Any, size: tuple[int, int]) -> torch.Tensor:
     """An (H, W) array/tensor or a COCO RLE dict {"size": [h, w], "counts": ...} -> (H, W) bool tensor."""
     if isinstance(mask, dict):
-        from pycocotools import mask as mask_utils  # only region prompts sent as RLE need it
-
         counts = mask.get("counts")
         if isinstance(counts, str | bytes):
             _check_rle_counts(counts, list(mask.get("size", ())))

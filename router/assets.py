@@ -2,6 +2,7 @@
 
     config_dir()        SUPERLINK_CONFIG_DIR, else the wheel's copy router/_shipped/configs, else the checkout's configs/
     checkpoint_root()   SUPERLINK_CHECKPOINT_DIR, else router/_shipped/checkpoints, else the checkout's checkpoints/
+    shipped_checkpoint("shapes")  checkpoints/shapes/ when a trained model of that name is shipped, else None
 
 A source checkout (and `pip install -e .`) reads the folders at the repository root. A wheel (`pip install .`)
 carries copies of them as package data under router/_shipped/ (setup.py's build step puts them there), so
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+SYSTEM_CONFIG = "superlink.yaml"  # the system config inside a saved model folder (router/system.py)
 CONFIG_ENV = "SUPERLINK_CONFIG_DIR"
 CHECKPOINT_ENV = "SUPERLINK_CHECKPOINT_DIR"
 PACKAGED = Path(__file__).resolve().parent / "_shipped"  # present in an installed wheel only
@@ -36,3 +38,14 @@ def config_dir() -> Path:
 def checkpoint_root() -> Path:
     """The folder holding trained presets, one subfolder each (shapes/)."""
     return _find(CHECKPOINT_ENV, "checkpoints")
+
+
+CHECKPOINT_ROOT = checkpoint_root()  # trained presets shipped with the repo (or the wheel's copy)
+
+
+def shipped_checkpoint(name: str) -> Path | None:
+    """checkpoints/<name>/ when a trained model of that preset name is shipped there, else None."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    path = checkpoint_root() / name
+    return path if (path / SYSTEM_CONFIG).is_file() else None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from decoders.config import BUILTIN_DECODERS
+from decoders.base import Decoder
 from decoders.registry import decoder_kind
 from router.config import SuperLinkConfig
 from router.projectors import (
@@ -44,7 +44,7 @@ from router.stages import DecoderCall, DecoderResult, failed
 __all__ = ["PROJECTORS", "ProjectorFactory", "SkipProjector", "generation_projector", "perception_projector"]
 
 RouteBinding = RouteSpec  # the older name of a route's row
-DecoderBuilder = Callable[[SuperLinkConfig], nn.Module]
+DecoderBuilder = Callable[[SuperLinkConfig], Decoder]
 
 
 BindingTable = Mapping[str, RouteBinding]
@@ -77,7 +77,7 @@ class SuperLinkSystem(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module | None, decoders: Mapping[str, nn.Module], table: BindingTable, llm_hidden: int
+        self, model: nn.Module | None, decoders: Mapping[str, Decoder], table: BindingTable, llm_hidden: int
     ) -> None:
         super().__init__()
         self.model = model
@@ -100,7 +100,7 @@ class SuperLinkSystem(nn.Module):
             raise KeyError(f"route {route!r} has no binding; bound routes: {sorted(self.table)}")
         return self.table[route]
 
-    def decoder_for(self, route: str) -> nn.Module:
+    def decoder_for(self, route: str) -> Decoder:
         name = self.binding(route).decoder
         if name not in self.decoders:
             raise KeyError(f"decoder {name!r} for route {route!r} is not loaded here; loaded: {list(self.decoders)}")
@@ -139,31 +139,31 @@ def run_route(system: SuperLinkSystem, route: str, calls: Sequence[DecoderCall])
 
 
 # ---- decoders, built from the `decoders:` entries by name (decoders.registry) --------------------------
-def build_decoder(cfg: SuperLinkConfig, name: str) -> nn.Module:
+def build_decoder(cfg: SuperLinkConfig, name: str) -> Decoder:
     """The decoder of the `decoders:` entry `name`, built by its kind's builder."""
     kind = decoder_kind(cfg.decoders.kind_of(name))
     return kind.build(cfg.decoders[name], cfg.decoders.sections())
 
 
-def build_detector(cfg: SuperLinkConfig) -> nn.Module:
+def build_detector(cfg: SuperLinkConfig) -> Decoder:
     return build_decoder(cfg, "detector")
 
 
-def build_keypoints(cfg: SuperLinkConfig) -> nn.Module:
+def build_keypoints(cfg: SuperLinkConfig) -> Decoder:
     """The [POSE] decoder with its own detector (loaded from detector.pretrained when set). With
     keypoints.share_detector the detector is a placeholder until `share_decoders` gives it the real one."""
     return build_decoder(cfg, "keypoints")
 
 
-def build_generator(cfg: SuperLinkConfig) -> nn.Module:
+def build_generator(cfg: SuperLinkConfig) -> Decoder:
     return build_decoder(cfg, "generator")
 
 
-def build_editor(cfg: SuperLinkConfig) -> nn.Module:
+def build_editor(cfg: SuperLinkConfig) -> Decoder:
     return build_decoder(cfg, "editor")
 
 
-def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None:
+def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, Decoder]) -> None:
     """keypoints.share_detector: [POSE] runs on the very detector [DET] runs on (one set of weights in-process);
     a process holding only the keypoint decoder (a Ray replica) loads its own copy of detector.pretrained."""
     if not cfg.decoders.keypoints.share_detector or "keypoints" not in decoders:
@@ -174,7 +174,7 @@ def share_decoders(cfg: SuperLinkConfig, decoders: dict[str, nn.Module]) -> None
         decoders["keypoints"].detector = build_detector(cfg)
 
 
-DecoderLoader = Callable[[Path], nn.Module]
+DecoderLoader = Callable[[Path], Decoder]
 
 
 def config_decoder_builders(cfg: SuperLinkConfig) -> dict[str, DecoderBuilder]:
@@ -186,11 +186,6 @@ def decoder_loaders(cfg: SuperLinkConfig) -> dict[str, DecoderLoader]:
     """Decoder name -> loader of the folder its save_pretrained wrote (a self-contained saved system)."""
     kinds = {name: decoder_kind(cfg.decoders.kind_of(name)) for name in cfg.decoders.names()}
     return {name: k.load for name, k in kinds.items() if k.load is not None}
-
-
-def default_decoder_loaders() -> dict[str, DecoderLoader]:
-    """The built-in decoders' loaders."""
-    return {name: decoder_kind(name).load for name in BUILTIN_DECODERS}
 
 
 def pretrained_decoders(cfg: SuperLinkConfig, names: Sequence[str]) -> list[str]:
@@ -213,8 +208,3 @@ def default_decoder_builders() -> dict[str, DecoderBuilder]:
 def default_bindings() -> dict[str, RouteSpec]:
     """The built-in route table: one row per built-in route (router.routes)."""
     return {r: ROUTES[r] for r in BUILTIN_ROUTES}
-
-
-def registered_bindings() -> dict[str, RouteSpec]:
-    """Every registered route, built-in or declared outside the package."""
-    return dict(ROUTES)

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from decoders.config import DecodersConfig
 from mllm.config import MLLMConfig, StrictModel, load_yaml
 from mllm.devices import DtypeName
-from router.assets import config_dir
+from router.assets import SYSTEM_CONFIG, config_dir, shipped_checkpoint
 
 PARAM_GROUPS = ("queries", "projectors", "decoders", "llm", "region")
 CONFIG_DIR = config_dir()  # configs/ of the checkout, or the copy a wheel carries (router/assets.py)
@@ -195,3 +195,11 @@ def load_config(preset_or_path: str | Path) -> SuperLinkConfig:
     if not p.suffix and not p.exists():
         p = config_dir() / f"{preset_or_path}.yaml"
     return load_yaml(p, SuperLinkConfig)
+
+
+def model_config_of(preset_or_dir: str | Path) -> SuperLinkConfig:
+    """The system config `Pipeline.from_pretrained(preset_or_dir)` would use, without building anything."""
+    path = Path(preset_or_dir)
+    if not path.is_dir():
+        path = shipped_checkpoint(str(preset_or_dir)) or path
+    return load_config(path / SYSTEM_CONFIG) if path.is_dir() else load_config(preset_or_dir)

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
+from mllm.images import ImageError, load_image
 from mllm.vocab import IMAGE_TOKEN, phrase_before
 from router.samples import RouteTarget, TaskSample
 
@@ -38,8 +40,6 @@ class DataFormatError(ValueError):
 # ---- shared helpers ------------------------------------------------------------------------------
 def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any image file."""
-    from mllm.images import ImageError, load_image
-
     if not path.is_file():
         raise DataFormatError(f"image file {path} does not exist")
     try:
@@ -50,8 +50,6 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
     """COCO segmentation (polygons, RLE or uncompressed RLE) -> (H, W) bool."""
-    from pycocotools import mask as mask_utils
-
     if isinstance(seg, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
     elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):

@@ -6,6 +6,7 @@
 A call runs five stages, each taking and returning plain picklable data so that the
 Ray Serve deployments can run them in separate processes (see router/stages.py):
 prepare -> generate -> plan -> run_decoder (one per decoder, concurrently) -> assemble.
+Building, saving and loading the system is router/system.py; the decoder workers are router/workers.py.
 
 Routes: `Options.routes` restricts which routing tokens may fire. Naming a route the
 model does not declare, or one whose decoder is not deployed, is a `RequestError`
@@ -15,43 +16,28 @@ becomes a `PartError(kind="route_not_deployed")` for that part only.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import replace
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from pydantic import ValidationError
-from safetensors.torch import load_model, save_model
 
 from mllm.devices import resolve_device, resolve_dtype
-from router.assets import checkpoint_root
-from router.bindings import (
-    PROJECTORS,
-    BindingTable,
-    DecoderBuilder,
-    SuperLinkSystem,
-    check_table,
-    config_decoder_builders,
-    decoder_loaders,
-    perception_projector,
-    pretrained_decoders,
-    run_route,
-    share_decoders,
-)
+from mllm.generation import decode_text, generate
+from mllm.images import ImageError, load_image
+from mllm.localize import LocalizeError, LocalizeRequest, localize_request, parse_class_list
+from mllm.processor import SuperLinkProcessor
+from mllm.scribble import ScribbleError, check_scribble
+from router.assets import shipped_checkpoint
+from router.bindings import BindingTable, DecoderBuilder, SuperLinkSystem, run_route
 from router.config import SuperLinkConfig, load_config
 from router.response import assemble_response
-from router.routes import ROUTES
 from router.schemas import Options, Request, Response
-from router.sources import data_tokenizer
 from router.stages import (
     GENERATED_TEXT_SINK,
     DecoderCall,
@@ -62,6 +48,8 @@ from router.stages import (
     RequestError,
     failed,
 )
+from router.system import build_system, load_system, route_table, save_system
+from router.workers import DecoderWorkers, Timed, torch_threads
 
 RequestLike = Request | Mapping[str, Any]
 LogitsHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -84,7 +72,7 @@ class Pipeline:
         self.logits_hook: LogitsHook | None = None
         # None: native box answers use the model's format queries when it has them; False: token by token.
         self.format_decoding: bool | None = None
-        self._executors: dict[str, Any] = {}  # decoder workers, created on first concurrent call
+        self._workers = DecoderWorkers(self._timed)  # threads or forked processes, started on first concurrent call
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -144,8 +132,6 @@ class Pipeline:
         (SuperLinkModel.add_routes: tokens appended, embeddings at the mean, new query tables), with their
         projectors and any decoder they need built from `config`. Every other weight is kept, so the old routes
         answer as before; the new parts are untrained. Returns the routes added."""
-        from mllm.processor import SuperLinkProcessor
-
         model = self.system.model
         if model is None:
             raise ValueError("add_routes needs the MLLM in this process (with_model=True)")
@@ -310,37 +296,19 @@ class Pipeline:
             timings[name] = elapsed
         return {name: res for name, (res, _) in out.items()}
 
-    def _timed(self, name: str, calls: Sequence[DecoderCall], threads: int) -> tuple[list[DecoderResult], float]:
+    def _timed(self, name: str, calls: Sequence[DecoderCall], threads: int) -> Timed:
         t0 = time.perf_counter()
-        with _torch_threads(threads):
+        with torch_threads(threads):
             res = self.run_decoder(name, calls)
         return res, _ms(t0)
 
-    def _threads(self, in_flight: int) -> int:
-        return _threads_per_worker(self.config.runtime.torch_threads_per_decoder, in_flight)
-
-    def _submit(self, name: str, calls: Sequence[DecoderCall], in_flight: int) -> Any:
+    def _submit(self, name: str, calls: Sequence[DecoderCall], in_flight: int) -> Future[Timed]:
         """Queue one decoder's calls on its worker: a shared thread pool, or that decoder's own process."""
-        runtime = self.config.runtime
-        if runtime.decoder_concurrency == "thread":
-            if "*" not in self._executors:
-                workers = max(1, min(runtime.decoder_workers, len(self.system.decoders)))
-                self._executors["*"] = ThreadPoolExecutor(workers, thread_name_prefix="decoder")
-            return self._executors["*"].submit(self._timed, name, calls, self._threads(in_flight))
-        if name not in self._executors:  # one long-lived process per decoder stays warm, like a Ray replica
-            global _WORKER_PIPELINE
-            _WORKER_PIPELINE = self  # inherited by the forked worker
-            threads = self._threads(len(self.system.decoders))
-            self._executors[name] = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("fork"), initializer=torch.set_num_threads, initargs=(threads,)
-            )
-        return self._executors[name].submit(_run_timed, name, calls)
+        return self._workers.submit(name, calls, self.config.runtime, len(self.system.decoders), in_flight)
 
     def close(self) -> None:
-        """Stop the decoder workers (threads or processes)."""
-        executors, self._executors = self._executors, {}
-        for executor in executors.values():
-            executor.shutdown(wait=True, cancel_futures=True)  # wait: no worker outlives close()
+        """Stop the decoder workers (threads or processes); no worker outlives close()."""
+        self._workers.close()
 
     # ---- stage 5: assemble ------------------------------------------------------------------
     def assemble(
@@ -358,16 +326,6 @@ class Pipeline:
         ]
 
 
-_WORKER_PIPELINE: Pipeline | None = None  # the pipeline a forked decoder worker serves
-
-
-def _run_timed(name: str, calls: Sequence[DecoderCall]) -> tuple[list[DecoderResult], float]:
-    """Runs in a forked worker process: the calls and results cross the process boundary as plain data."""
-    if _WORKER_PIPELINE is None:
-        raise RuntimeError("decoder worker started without a pipeline")
-    return _WORKER_PIPELINE._timed(name, calls, 0)
-
-
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
@@ -377,37 +335,13 @@ def _timeout(prepared: Sequence[Prepared]) -> float | None:
     return min(limits) if limits else None
 
 
-def _threads_per_worker(configured: int | None, workers: int) -> int:
-    """Split the cores between concurrent decoders so their torch thread pools don't fight."""
-    if configured is not None:
-        return configured
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
-@contextmanager
-def _torch_threads(n: int):
-    """Set this thread's torch intra-op threads for the block (0: leave as is)."""
-    if n <= 0:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-__all__ = ["Pipeline", "RequestError", "np"]
+__all__ = ["Pipeline", "RequestError"]
 
 
 # ---- prepare helpers ------------------------------------------------------------------------
 def prepare_request(req: Request, index: int, config: SuperLinkConfig) -> Prepared:
     """Decode images (mllm.images.load_image), turn region prompts into masks, bind class slots, and read
     how locations are to be answered (boxes, or polygons of the requested point count)."""
-    from mllm.images import ImageError, load_image
-    from mllm.localize import LocalizeError, localize_request, parse_class_list
-
     try:
         localization = localize_request(req.instruction)
     except LocalizeError as err:
@@ -442,8 +376,6 @@ def region_dict(region: Any, image: np.ndarray, index: int, k: int) -> dict[str,
         out["mask"] = {"size": list(region.mask.size), "counts": region.mask.counts}
         return out
     if region.scribble is not None:
-        from mllm.scribble import ScribbleError, check_scribble
-
         try:
             lines, width = check_scribble(region.scribble.lines, region.scribble.width, (w, h))
         except ScribbleError as err:
@@ -497,9 +429,6 @@ def run_generation(
 
     A polygon request decodes under its processor constraint, so each polygon has exactly the requested points.
     """
-    from mllm.generation import generate
-    from mllm.localize import LocalizeRequest
-
     sink = GENERATED_TEXT_SINK.get()
     out: list[Any] = [None] * len(prepared)
     for group in generation_groups(prepared):
@@ -531,8 +460,6 @@ def run_generation(
 
 def _text_streamer(model: Any, indices: Sequence[int], sink: Callable[[int, str], None]) -> Callable[[list[list[int]]], None]:
     """An on_step callback that hands `sink` each row's text (as GenerationResult.text spells it) when it grows."""
-    from mllm.generation import decode_text
-
     lengths = [0] * len(indices)
 
     def on_step(ids: list[list[int]]) -> None:
@@ -542,180 +469,6 @@ def _text_streamer(model: Any, indices: Sequence[int], sink: Callable[[int, str]
                 sink(indices[r], decode_text(model, row))
 
     return on_step
-
-
-# ---- building, saving, loading -----------------------------------------------------------------
-SYSTEM_CONFIG = "superlink.yaml"
-MLLM_DIR = "mllm"
-HEADS_FILE = "heads.safetensors"  # projectors.* and decoders.* (those not saved whole under decoders/)
-DECODERS_DIR = "decoders"  # decoders/<name>/: a decoder loaded from a pretrained folder, saved in its own format
-CHECKPOINT_ROOT = checkpoint_root()  # trained presets shipped with the repo (or the wheel's copy: router/assets.py)
-
-
-def shipped_checkpoint(name: str) -> Path | None:
-    """checkpoints/<name>/ when a trained model of that preset name is shipped there, else None."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        return None
-    path = checkpoint_root() / name
-    return path if (path / SYSTEM_CONFIG).is_file() else None
-
-
-def model_config_of(preset_or_dir: str | Path) -> SuperLinkConfig:
-    """The system config `Pipeline.from_pretrained(preset_or_dir)` would use, without building anything."""
-    path = Path(preset_or_dir)
-    if not path.is_dir():
-        path = shipped_checkpoint(str(preset_or_dir)) or path
-    return load_config(path / SYSTEM_CONFIG) if path.is_dir() else load_config(preset_or_dir)
-
-
-def build_model(config: SuperLinkConfig, tokenizer: Any = None) -> Any:
-    """The MLLM with random weights (or from a LLaVA folder when model.pretrained is set).
-
-    A model built from scratch uses `tokenizer` when given (e.g. the one a training run saved), else
-    one trained on the texts of the config's data sources (router.sources.data_tokenizer), as a training
-    run of this config would build it. Loading a saved system (`load_system`) uses the saved tokenizer.
-    """
-    from mllm.modeling import build_model as build_mllm
-
-    if config.model.pretrained:
-        tokenizer = None
-    elif tokenizer is None:
-        tokenizer = data_tokenizer(config)
-    return build_mllm(config.model, tokenizer)
-
-
-def _pick_decoders(
-    config: SuperLinkConfig, table: BindingTable, builders: Mapping[str, DecoderBuilder], decoders: Sequence[str] | None
-) -> dict[str, Any]:
-    wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
-    unknown = [d for d in wanted if d not in builders]
-    if unknown:
-        raise ValueError(f"unknown decoders {unknown}; known: {sorted(builders)}")
-    built = {name: builders[name](config) for name in wanted}
-    share_decoders(config, built)
-    return built
-
-
-def route_table(
-    config: SuperLinkConfig, bindings: BindingTable | None, decoder_builders: Mapping[str, DecoderBuilder] | None
-) -> tuple[dict[str, Any], dict[str, DecoderBuilder]]:
-    """The binding table and decoder builders to use; the built-in rows cover the routes the model declares."""
-    if bindings is None:
-        perception = PROJECTORS[config.link_projector]
-        table = {
-            r: replace(b, projector=perception) if b.projector is perception_projector else b
-            for r, b in ROUTES.items()
-            if r in config.model.routes
-        }
-    else:
-        table = dict(bindings)
-    builders = dict(config_decoder_builders(config) if decoder_builders is None else decoder_builders)
-    check_table(table, list(config.model.routes), builders)
-    return table, builders
-
-
-def build_system(
-    config: SuperLinkConfig,
-    bindings: BindingTable | None = None,
-    decoder_builders: Mapping[str, DecoderBuilder] | None = None,
-    decoders: Sequence[str] | None = None,
-    with_model: bool = True,
-    tokenizer: Any = None,
-) -> tuple[SuperLinkSystem, Any]:
-    """Model + projectors + decoders from `config` (random weights), and the processor."""
-    from mllm.processor import SuperLinkProcessor
-
-    table, builders = route_table(config, bindings, decoder_builders)
-    model = build_model(config, tokenizer) if with_model else None
-    hidden = config.model.text.hidden_size if model is None else model.llava.config.text_config.hidden_size
-    system = SuperLinkSystem(model, _pick_decoders(config, table, builders, decoders), table, hidden)
-    processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None
-    return system, processor
-
-
-def save_system(
-    config: SuperLinkConfig,
-    system: SuperLinkSystem,
-    processor: Any,
-    out_dir: Path,
-    model_weights: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
-) -> Path:
-    """superlink.yaml + mllm/ (model, tokenizer) + heads.safetensors (projectors and decoders).
-
-    A decoder that was loaded from a `pretrained` folder is written whole to decoders/<name>/ in its own
-    format instead (architecture included), and the saved config no longer names any pretrained folder:
-    the saved folder is all a later load needs. model_weights: the MLLM's tensors and tied-name aliases
-    gathered from a sharded run (keys without the `model.` prefix), written instead of its own parameters.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if system.model is not None:
-        if model_weights is None:
-            system.model.save_pretrained(out_dir / MLLM_DIR)
-        else:
-            system.model.save_pretrained(out_dir / MLLM_DIR, *model_weights)
-        config = config.model_copy(update={"model": system.model.config})  # records LoRA if applied
-    standalone = pretrained_decoders(config, list(system.decoders))
-    for name in standalone:
-        system.decoders[name].save_pretrained(out_dir / DECODERS_DIR / name)
-    heads = _heads(system, standalone)
-    save_model(heads, str(out_dir / HEADS_FILE))
-    saved = without_pretrained(config)
-    (out_dir / SYSTEM_CONFIG).write_text(yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False))
-    return out_dir
-
-
-def _heads(system: SuperLinkSystem, standalone: Sequence[str]) -> torch.nn.ModuleDict:
-    """projectors.* and decoders.* of the decoders not saved on their own."""
-    kept = {n: d for n, d in system.decoders.items() if n not in standalone}
-    return torch.nn.ModuleDict({"projectors": system.projectors, "decoders": torch.nn.ModuleDict(kept)})
-
-
-def without_pretrained(config: SuperLinkConfig) -> SuperLinkConfig:
-    """`config` with every `pretrained` folder cleared (what a saved, self-contained system records)."""
-    out = config.model_copy(deep=True)
-    out.model.pretrained = None
-    for section in out.decoders.sections().values():
-        if getattr(section, "pretrained", None) is not None:  # the decoder kinds loaded from a folder
-            section.pretrained = None
-    return out
-
-
-def load_system(
-    path: Path,
-    bindings: BindingTable | None = None,
-    decoder_builders: Mapping[str, DecoderBuilder] | None = None,
-    decoders: Sequence[str] | None = None,
-    with_model: bool = True,
-) -> tuple[SuperLinkConfig, SuperLinkSystem, Any]:
-    """Load what save_system wrote; nothing is unpickled."""
-    from mllm.modeling import SuperLinkModel
-    from mllm.processor import SuperLinkProcessor
-
-    if not (path / SYSTEM_CONFIG).is_file():
-        raise FileNotFoundError(f"{path}: {SYSTEM_CONFIG} missing; expected a folder written by Pipeline.save_pretrained")
-    config = load_config(path / SYSTEM_CONFIG)
-    table, builders = route_table(config, bindings, decoder_builders)
-    model = SuperLinkModel.from_pretrained(path / MLLM_DIR) if with_model else None
-    built = _load_decoders(path, config, table, builders, decoders)
-    system = SuperLinkSystem(model, built, table, config.model.text.hidden_size)
-    standalone = [n for n in built if (path / DECODERS_DIR / n).is_dir()]
-    load_model(_heads(system, standalone), str(path / HEADS_FILE), strict=decoders is None)
-    processor = SuperLinkProcessor(model.tokenizer, model.config) if model is not None else None
-    return config, system, processor
-
-
-def _load_decoders(
-    path: Path, config: SuperLinkConfig, table: BindingTable, builders: Mapping[str, DecoderBuilder],
-    decoders: Sequence[str] | None,
-) -> dict[str, Any]:
-    """Decoders saved whole under decoders/<name>/ load from there; the rest are built from the config."""
-    wanted = sorted({b.decoder for b in table.values()}) if decoders is None else list(decoders)
-    loaders = decoder_loaders(config)
-    own = {n for n in wanted if (path / DECODERS_DIR / n).is_dir() and n in loaders}
-    built = _pick_decoders(config, table, builders, [n for n in wanted if n not in own])
-    built.update({n: loaders[n](path / DECODERS_DIR / n) for n in sorted(own)})
-    share_decoders(config, built)
-    return {n: built[n] for n in wanted}
 
 
 def forced_answer_hook(tokenizer: Any, answers: Sequence[str]) -> LogitsHook:

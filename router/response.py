@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from mllm.localize import parse_native
 from router.config import SuperLinkConfig
 from router.schemas import ITEM_KINDS, LEGACY_LISTS, RLE, Detection, Item, PartError, Point, Polygon, Response
 from router.stages import DecoderResult, GenerationResult, Prepared
@@ -109,8 +110,6 @@ def native_items(prepared: Prepared, text: str, config: SuperLinkConfig) -> tupl
     """
     if not prepared.images or "<loc_" not in text:
         return [], []
-    from mllm.localize import parse_native
-
     binding = dict(enumerate(prepared.classes)) if prepared.classes else None
     size = prepared.image_sizes[0]
     mode = "polygon" if prepared.localize == "polygon" else "auto"

@@ -4,11 +4,15 @@
     samples, names = mix.draw(rng, 8)         # 8 rows; each row's source drawn by weight, then its sample
     tokenizer = data_tokenizer(cfg)           # the BPE a from-scratch model is built with (training saves it)
 
-Kinds (router.data reads the formats):
-  shapesworld  generated scenes (shapesworld.tasks.make_sample), tasks drawn by task_weights
+Kinds (router.data reads the formats; each kind is a `SourceKind` in SOURCE_KINDS):
+  shapesworld  generated scenes, tasks drawn by task_weights (registered by shapesworld/source.py)
   coco         COCO instances / person_keypoints JSON + image folder -> detection, segmentation, keypoints
   refcoco      RefCOCO-style refs + COCO instances + image folder -> grounding
   llava        LLaVA conversations (.json list or .jsonl) + image folder -> one caption / VQA sample per turn
+
+Data sources import the router (DESIGN.md), never the reverse: a kind defined in a data-source package
+registers itself when its module is imported, and KIND_MODULES names the module of each such built-in kind,
+imported the first time a config uses it (as the config's `modules:` imports routes declared elsewhere).
 
 A draw is a pure function of the generator: file sources pick records by index with it and read
 only the images they picked. With one source the generator is used exactly as before `data:`
@@ -19,8 +23,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +41,6 @@ from router.config import (
     DataSource,
     LlavaSource,
     RefCocoSource,
-    ShapesWorldSource,
     SuperLinkConfig,
 )
 from router.data import (
@@ -53,9 +58,7 @@ from router.data import (
     refcoco_text,
 )
 from router.samples import TaskSample
-from shapesworld.tasks import TASKS, corpus, make_sample
 
-TOKENIZER_CORPUS = 64  # ShapesWorld samples the small presets' BPE is trained on (deterministic)
 TOKENIZER_TEXTS_PER_FILE = 2000  # texts of a file source the BPE sees: its first records, in file order
 
 
@@ -68,6 +71,33 @@ class Source(Protocol):
     weight: float
 
     def draw(self, rng: np.random.Generator, n: int) -> list[TaskSample]: ...
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """How one `kind` of training.data entry is read: opened for drawing, and the texts a tokenizer learns."""
+
+    open: Callable[[Any, str, SuperLinkConfig], Source]  # (spec, name, config) -> the opened source
+    corpus: Callable[[int], Iterator[str]] | None = None  # (location_bins) -> texts, once when the kind is used
+    texts: Callable[[Any, str], Iterator[str]] | None = None  # (spec, name) -> this source's texts
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {}
+KIND_MODULES = {"shapesworld": "shapesworld.source"}  # built-in kinds registered outside the router
+
+
+def register_source_kind(kind: str, source: SourceKind) -> None:
+    SOURCE_KINDS[kind] = source
+
+
+def source_kind(kind: str) -> SourceKind:
+    """The registered reader of `kind`, importing the module that registers it when the router knows it."""
+    if kind not in SOURCE_KINDS and kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[kind])
+    if kind not in SOURCE_KINDS:
+        raise DataSourceError(f"training.data: no reader registered for kind {kind!r}; known: "
+                              f"{sorted(set(SOURCE_KINDS) | set(KIND_MODULES))}")
+    return SOURCE_KINDS[kind]
 
 
 def _need_file(path: Path, where: str, what: str) -> Path:
@@ -88,29 +118,6 @@ def _relative_hint(path: Path) -> str:
 
 def _pick(rng: np.random.Generator, n: int) -> int:
     return int(rng.integers(n))
-
-
-# ---- ShapesWorld ---------------------------------------------------------------------------------
-class ShapesWorldData:
-    def __init__(self, spec: ShapesWorldSource, name: str, cfg: SuperLinkConfig) -> None:
-        self.name, self.weight = name, spec.weight
-        weights = (spec.task_weights if spec.task_weights is not None else cfg.training.task_weights) or dict.fromkeys(
-            TASKS, 1.0)
-        unknown = set(weights) - set(TASKS)
-        if unknown:
-            raise DataSourceError(f"training.data {name!r}: task_weights names unknown tasks {sorted(unknown)}; "
-                                  f"accepted: {list(TASKS)}")
-        self.tasks = [t for t, w in weights.items() if w > 0]
-        if not self.tasks:
-            raise DataSourceError(f"training.data {name!r}: every task weight is 0")
-        p = np.array([weights[t] for t in self.tasks], float)
-        self.p = p / p.sum()
-        self.image_size, self.bins = cfg.training.image_size, cfg.model.vocab.location_bins
-        self.wording = cfg.training.wording
-
-    def draw(self, rng: np.random.Generator, n: int) -> list[TaskSample]:
-        picks = rng.choice(len(self.tasks), size=n, p=self.p)  # all task picks first, then the samples
-        return [make_sample(self.tasks[int(k)], rng, self.image_size, self.bins, wording=self.wording) for k in picks]
 
 
 # ---- COCO instances / keypoints ------------------------------------------------------------------
@@ -241,14 +248,16 @@ def source_names(data: Sequence[DataSource]) -> list[str]:
     return [s.name or (s.kind if kinds.count(s.kind) == 1 else f"{s.kind}{i}") for i, s in enumerate(data)]
 
 
+register_source_kind("coco", SourceKind(open=lambda spec, name, _: CocoData(spec, name),
+                                         texts=lambda spec, name: CocoData(spec, name).texts()))
+register_source_kind("refcoco", SourceKind(open=lambda spec, name, _: RefCocoData(spec, name),
+                                            texts=lambda spec, name: RefCocoData(spec, name).texts()))
+register_source_kind("llava", SourceKind(open=lambda spec, name, _: LlavaData(spec, name),
+                                          texts=lambda spec, name: LlavaData(spec, name).texts()))
+
+
 def open_source(spec: DataSource, name: str, cfg: SuperLinkConfig) -> Source:
-    if isinstance(spec, ShapesWorldSource):
-        return ShapesWorldData(spec, name, cfg)
-    if isinstance(spec, CocoSource):
-        return CocoData(spec, name)
-    if isinstance(spec, RefCocoSource):
-        return RefCocoData(spec, name)
-    return LlavaData(spec, name)
+    return source_kind(spec.kind).open(spec, name, cfg)
 
 
 class DataMix:
@@ -282,17 +291,17 @@ _DATA = TypeAdapter(list[DataSource])
 
 
 def corpus_texts(data: Sequence[DataSource], location_bins: int) -> Iterator[str]:
-    """What the BPE is trained on: the ShapesWorld corpus when a shapesworld source is configured (once),
-    then the first TOKENIZER_TEXTS_PER_FILE instruction/answer texts of each file source, in config order."""
-    if any(isinstance(s, ShapesWorldSource) for s in data):
-        yield from corpus(TOKENIZER_CORPUS, image_size=64, location_bins=location_bins)
+    """What the BPE is trained on: each configured kind's own corpus, once (the ShapesWorld corpus when a
+    shapesworld source is configured), then the first TOKENIZER_TEXTS_PER_FILE instruction/answer texts of each
+    file source, in config order."""
+    for kind in dict.fromkeys(s.kind for s in data):
+        corpus = source_kind(kind).corpus
+        if corpus is not None:
+            yield from corpus(location_bins)
     for spec, name in zip(data, source_names(data), strict=True):
-        if isinstance(spec, CocoSource):
-            yield from CocoData(spec, name).texts()
-        elif isinstance(spec, RefCocoSource):
-            yield from RefCocoData(spec, name).texts()
-        elif isinstance(spec, LlavaSource):
-            yield from LlavaData(spec, name).texts()
+        texts = source_kind(spec.kind).texts
+        if texts is not None:
+            yield from texts(spec, name)
 
 
 def data_tokenizer(config: SuperLinkConfig) -> Any:

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import yaml
 
 from mllm.config import ConfigError
 from router.assets import config_dir
 from services.config import ServeConfig, load_serve_config
+from services.engines import make_engine
+from services.http import create_app
+from services.observability import configure_logging
 
 DEFAULT_SERVE_YAML = config_dir() / "serve.yaml"
 IMPORT_PATH = "services.app:build_app"
@@ -26,7 +30,7 @@ IMPORT_PATH = "services.app:build_app"
 
 def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Any:
     """The Serve application: ingress -> MLLM -> one deployment per decoder of the configured routes."""
-    from services.deployments import DecoderDeployment, IngressDeployment, MLLMDeployment
+    from services.deployments import DecoderDeployment, IngressDeployment, MLLMDeployment  # lazy: Ray
 
     cfg = load_serve_config(args)
     mllm = MLLMDeployment.options(**cfg.mllm.serve_options()).bind(cfg)
@@ -63,7 +67,7 @@ def load_serve_file(path: str | Path) -> ServeFile:
 
 def serve(config_path: Path | None = None) -> None:
     """Start Ray Serve with the SuperLink application and block until interrupted (`superlink serve`)."""
-    from ray import serve as ray_serve
+    from ray import serve as ray_serve  # lazy: serve_local runs without Ray
 
     spec = load_serve_file(config_path or DEFAULT_SERVE_YAML)
     http = {"host": spec.config.http.host, "port": spec.config.http.port, **spec.http_options}
@@ -79,12 +83,6 @@ def serve(config_path: Path | None = None) -> None:
 
 def serve_local(config_path: Path | None = None) -> None:
     """Serve the same HTTP API without Ray: uvicorn over one in-process Pipeline (blocking)."""
-    import uvicorn
-
-    from services.engines import make_engine
-    from services.http import create_app
-    from services.observability import configure_logging
-
     configure_logging()  # JSON lines with the request id; the app logs one access line per request
     spec = load_serve_file(config_path or DEFAULT_SERVE_YAML)
     decoders = spec.config.decoder_names

@@ -1,4 +1,8 @@
-"""`superlink` command line. Each subcommand is a thin call into a typed function."""
+"""`superlink` command line. Each subcommand is a thin call into a typed function.
+
+Each subcommand imports what it runs when it runs (the one place imports stay inside functions on purpose):
+`superlink --help` and a typo answer at once instead of first loading torch, transformers, training and Ray.
+"""
 
 from __future__ import annotations
 

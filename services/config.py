@@ -15,8 +15,7 @@ from pydantic import Field, model_validator
 
 from mllm.config import StrictModel, load_yaml, validate_mapping
 from mllm.devices import DtypeName
-from router.config import import_modules
-from router.pipeline import model_config_of
+from router.config import import_modules, model_config_of
 from router.routes import ROUTES, route_decoders
 
 TOKEN_ENV = "SUPERLINK_API_TOKEN"

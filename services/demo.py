@@ -24,8 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evaluation.suite import region_prompt
+from router.assets import shipped_checkpoint
+from router.pipeline import Pipeline, forced_answer_hook
 from router.samples import TaskSample
 from router.schemas import Options, Request, Response
+from services.draw import annotate
 from shapesworld.tasks import make_sample
 
 # (task, seed): fixed scenes, chosen to cover every route, native boxes and polygons, region prompts (a box and a
@@ -49,8 +53,6 @@ class DemoModel:
 
 def resolve_model(model: str) -> DemoModel:
     """A saved folder or a shipped checkpoint is used as is; anything else falls back to random weights."""
-    from router.pipeline import shipped_checkpoint
-
     if Path(model).is_dir():
         return DemoModel(model, True, f"model: folder {model}")
     ckpt = shipped_checkpoint(model)
@@ -76,8 +78,6 @@ def demo_samples(image_size: int, location_bins: int, tasks: Sequence[str] | Non
 
 
 def demo_request(sample: TaskSample, k: int) -> Request:
-    from evaluation.suite import region_prompt
-
     images = [Image.fromarray(sample.image)] if sample.image is not None else []
     return Request(images=images, instruction=sample.instruction, regions=[region_prompt(r) for r in sample.regions],
                    options=Options(max_new_tokens=MAX_NEW_TOKENS, seed=k))
@@ -85,9 +85,6 @@ def demo_request(sample: TaskSample, k: int) -> Request:
 
 def write_scene(out: Path, k: int, sample: TaskSample, response: Response) -> Path:
     """NN_task.png and NN_task.json for one scene; returns the PNG path."""
-    from evaluation.suite import region_prompt
-    from services.draw import annotate
-
     stem = out / f"{k:02d}_{sample.task}"
     annotate(sample.image, response, [region_prompt(r) for r in sample.regions]).save(stem.with_suffix(".png"))
     record = {"task": sample.task, "instruction": sample.instruction, "reference_answer": sample.answer,
@@ -111,8 +108,6 @@ def describe(k: int, sample: TaskSample, response: Response) -> str:
 
 def run_demo(out: Path, model: str = "shapes", tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the demo scenes (all, or those of `tasks`) through `model`; write pictures + JSON under `out`."""
-    from router.pipeline import Pipeline, forced_answer_hook
-
     t0 = time.perf_counter()
     chosen = resolve_model(model)
     print(chosen.note, flush=True)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from evaluation.coco import rle_to_mask
 from router.schemas import RegionPrompt, Response
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -42,8 +43,6 @@ def _upscaled(image: Image.Image) -> tuple[Image.Image, float]:
 
 def _decode_mask(rle: object, size: tuple[int, int]) -> np.ndarray | None:
     """RLE -> (H, W) bool at the drawn size, or None when the mask does not belong to this image."""
-    from evaluation.coco import rle_to_mask
-
     mask = rle_to_mask(rle)
     if mask.shape[::-1] != size:
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from mllm.images import ImageError, TooManyPixels, load_image
 from router.config import import_modules
 from router.schemas import Request, Response
@@ -92,12 +94,10 @@ def make_engine(
     replicas of one deployment agree (serve a saved folder for weights shared by all deployments).
     """
     if not Path(config.model).is_dir():
-        import torch
-
         torch.manual_seed(0)
     import_modules({"modules": config.modules})  # routes and decoder kinds declared outside the package
     if config.engine_factory is None:
-        from router.pipeline import Pipeline
+        from router.pipeline import Pipeline  # lazy: the CPU ingress imports this module and builds no model
 
         factory: Any = Pipeline.from_pretrained
     else:

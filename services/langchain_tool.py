@@ -166,20 +166,3 @@ async def _http_errors_as_tool_errors(call: Any) -> Response:
         return await call
     except SuperLinkHTTPError as err:
         raise ToolException(str(err)) from None
-
-
-def scripted_chat_model(instruction: str, image_ids: list[str], final_answer: str = "Done.") -> Any:
-    """An offline chat model that calls the tool once, then answers (examples and tests, no LLM needed).
-
-    GenericFakeChatModel refuses bind_tools; agents need it, so the subclass returns itself.
-    """
-    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-    from langchain_core.messages import AIMessage
-
-    class ScriptedChatModel(GenericFakeChatModel):
-        def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
-            return self
-
-    call = {"name": "superlink", "args": {"instruction": instruction, "image_ids": image_ids}, "id": "call_1", "type": "tool_call"}
-    script = [AIMessage(content="", tool_calls=[call]), AIMessage(content=final_answer)]
-    return ScriptedChatModel(messages=iter(script))

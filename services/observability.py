@@ -163,7 +163,7 @@ class RayMetrics(NullMetrics):
     """The same metrics through ray.serve.metrics (tagged with deployment and replica by Ray)."""
 
     def __init__(self) -> None:
-        from ray.serve import metrics as serve_metrics
+        from ray.serve import metrics as serve_metrics  # lazy: a process without Ray uses NullMetrics
 
         self._m: dict[str, Any] = {}
         self._gauges: dict[tuple, float] = {}

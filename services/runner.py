@@ -6,13 +6,19 @@ request, unknown model); 1 an unexpected internal failure (reported in one line,
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 
 from PIL import Image
+from pydantic import ValidationError
 
+from mllm.config import ConfigError
+from router.pipeline import Pipeline
 from router.schemas import LEGACY_LISTS, Options, Request, Response
+from router.stages import RequestError
+from services.draw import annotate, generated_images
 
 EXIT_OK, EXIT_INTERNAL, EXIT_REFUSED = 0, 1, 2
 
@@ -52,8 +58,6 @@ def parse_scribble(lines: list[str], width: float) -> dict | None:
 
 def build_request(instruction: str, images: list[bytes], max_new_tokens: int, seed: int | None,
                   regions: list[dict] | None = None) -> Request:
-    from pydantic import ValidationError
-
     regions = regions or []
     if regions and "<region>" not in instruction:
         raise Refusal("the instruction needs a <region> placeholder where the scribble goes, "
@@ -67,9 +71,6 @@ def build_request(instruction: str, images: list[bytes], max_new_tokens: int, se
 
 
 def load_pipeline(model: str):
-    from mllm.config import ConfigError
-    from router.pipeline import Pipeline
-
     try:
         return Pipeline.from_pretrained(model)
     except (ConfigError, FileNotFoundError) as err:
@@ -105,10 +106,6 @@ def summary(response: Response) -> str:
 
 def write_outputs(out: Path, response: Response, images: list[bytes], regions: list | None = None) -> list[Path]:
     """response.json, annotated.png (input with results, generated/edited images beside) and each generated PNG."""
-    import io
-
-    from services.draw import annotate, generated_images
-
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "response.json"]
     written[0].write_text(response.model_dump_json(indent=2))
@@ -129,8 +126,6 @@ def run_once(instruction: str, images: list[Path], model: str, out: Path | None,
 
     `scribble` (polylines "x,y x,y ...") is one scribble region prompt on the first image, filling <region>.
     """
-    from router.stages import RequestError
-
     try:
         region = parse_scribble(list(scribble or []), scribble_width)
         request = build_request(instruction, read_images(list(images)), max_new_tokens, seed,

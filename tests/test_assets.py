@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from router import assets
+from router.assets import CHECKPOINT_ROOT
 from router.config import CONFIG_DIR, load_config
-from router.pipeline import CHECKPOINT_ROOT
 
 
 def test_checkout_folders_are_used_in_a_source_tree():
@@ -28,6 +28,6 @@ def test_environment_variables_override(tmp_path, monkeypatch):
     assert assets.config_dir() == tmp_path and assets.checkpoint_root() == tmp_path / "models"
     assert load_config("mine").name == "mine"  # a preset name is looked up in the overriding folder
 
-    from router.pipeline import shipped_checkpoint
+    from router.assets import shipped_checkpoint
 
     assert shipped_checkpoint("shapes") is None  # not in the overriding checkpoint folder

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.pipeline import CHECKPOINT_ROOT, SYSTEM_CONFIG
+from router.assets import CHECKPOINT_ROOT, SYSTEM_CONFIG
 
 CKPT = CHECKPOINT_ROOT / "shapes"
 N = 60  # 5 scenes per task family (12 families)
@@ -55,7 +55,8 @@ def test_checkpoint_is_safetensors_and_within_40_mb():
 
 
 def test_preset_name_loads_the_trained_checkpoint():
-    from router.pipeline import Pipeline, shipped_checkpoint
+    from router.assets import shipped_checkpoint
+    from router.pipeline import Pipeline
 
     assert shipped_checkpoint("shapes") == CKPT
     pipe = Pipeline.from_pretrained("shapes", decoders=[])

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from router.pipeline import CHECKPOINT_ROOT, SYSTEM_CONFIG
+from router.assets import CHECKPOINT_ROOT, SYSTEM_CONFIG
 from shapesworld.constants import COLORS, KINDS
 from shapesworld.scene import Scene, render, sample_scene
 from shapesworld.tasks import NUMBERS, plural

@@ -53,11 +53,11 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
 import json, router, services.web
 from fastapi.testclient import TestClient
 from router.config import CONFIG_DIR, load_config
-from router.pipeline import CHECKPOINT_ROOT, Pipeline
+from router.pipeline import Pipeline
+from router.assets import CHECKPOINT_ROOT
 from services.http import create_app
-from services.testing import FakePipeline
 pipe = Pipeline.from_pretrained("shapes")
-page = TestClient(create_app(FakePipeline())).get("/")
+page = TestClient(create_app(pipe)).get("/")
 print(json.dumps({"router": router.__file__, "configs": str(CONFIG_DIR), "checkpoints": str(CHECKPOINT_ROOT),
                   "tiny": load_config("tiny").name, "model": type(pipe.system.model).__name__,
                   "page": page.status_code, "examples": len(list((services.web.STATIC_DIR / "examples").glob("*.png")))}))

@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from training.parallel import load_full_state
+
 LATEST = "latest"
 
 
@@ -158,8 +160,6 @@ def load_checkpoint(
     meta = json.loads((path / "trainer.json").read_text())
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     if sharded:
-        from training.parallel import load_full_state
-
         weights = load_file(str(path / "weights.safetensors"))
         load_full_state(system, optimizer, weights, flat_to_state_dict(opt_tensors, meta["optimizer"]))
     else:

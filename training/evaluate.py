@@ -12,16 +12,18 @@ from typing import Any
 
 import torch
 
-from router.bindings import SuperLinkSystem
+from evaluation.metrics import grounding_acc50, routing_accuracy, vqa_accuracy
+from mllm.generation import generate
+from mllm.vocab import route_names_in
+from router.bindings import SuperLinkSystem, detector_train_batch
 from router.config import SuperLinkConfig
 from router.loss import collate, model_inputs, route_targets
+from shapesworld.tasks import ShapesWorldDataset
 
 ROUTED_TASKS = ("detection", "segmentation", "grounding", "keypoints", "generation", "editing")
 
 
 def val_samples(cfg: SuperLinkConfig, task: str, n: int, wording: str = "template") -> list[Any]:
-    from shapesworld.tasks import ShapesWorldDataset
-
     data = ShapesWorldDataset(
         "val", n, seed=cfg.training.seed, image_size=cfg.training.image_size,
         location_bins=cfg.model.vocab.location_bins, tasks=[task], wording=wording,
@@ -34,9 +36,6 @@ def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def grounding_accuracy(system: SuperLinkSystem, processor: Any, samples: list[Any], device: torch.device) -> float:
-    from evaluation.metrics import grounding_acc50
-    from router.bindings import detector_train_batch
-
     batch = collate(processor, samples)
     out = system.model(**model_inputs(_to(batch.inputs, device)))
     links = out.link_states["GRD"]
@@ -49,8 +48,6 @@ def grounding_accuracy(system: SuperLinkSystem, processor: Any, samples: list[An
 
 
 def generated(system: SuperLinkSystem, processor: Any, samples: list[Any], device: torch.device, max_new: int) -> list[Any]:
-    from mllm.generation import generate
-
     inputs = processor(
         [s.instruction for s in samples],
         images=[[s.image] if s.image is not None else [] for s in samples],
@@ -61,9 +58,6 @@ def generated(system: SuperLinkSystem, processor: Any, samples: list[Any], devic
 
 @torch.no_grad()
 def evaluate(system: SuperLinkSystem, processor: Any, cfg: SuperLinkConfig, device: torch.device) -> dict[str, float]:
-    from evaluation.metrics import routing_accuracy, vqa_accuracy
-    from mllm.vocab import route_names_in
-
     was_training = system.training
     system.eval()
     n = cfg.training.eval_samples

@@ -32,13 +32,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation.suite import FAMILIES, Scored, eval_samples, routed_phrases, score_all, to_request
-from router.bindings import SuperLinkSystem
+from evaluation.suite import (
+    FAMILIES,
+    Scored,
+    eval_samples,
+    routed_phrases,
+    run_samples,
+    score_all,
+    to_request,
+)
+from router.bindings import SuperLinkSystem, default_bindings
 from router.config import StageConfig, SuperLinkConfig
 from router.loss import collate, decoder_loss, joint_loss
-from router.pipeline import Pipeline, build_system
+from router.pipeline import Pipeline
 from router.samples import TaskSample
 from router.stages import GenerationResult, LinkRecord, Prepared
+from router.system import build_system
 from shapesworld.tasks import make_sample
 from training.train import build_optimizer, build_scheduler, set_trainable
 
@@ -175,7 +184,6 @@ def build_decoder_specialist(cfg: SuperLinkConfig, route: str, encoder: str | No
         raise ValueError(f"unknown decoder route {route!r}; accepted: {', '.join(DECODER_TASKS)}")
     if route not in cfg.model.routes:
         raise ValueError(f"route {route!r} is not declared in model.routes {list(cfg.model.routes)}")
-    from router.bindings import default_bindings
 
     binding = default_bindings()[route]
     system, _ = build_system(cfg, bindings={route: binding}, decoders=[binding.decoder], with_model=False)
@@ -348,8 +356,6 @@ def train_language_specialist(cfg: SuperLinkConfig, task: str, budget_s: float |
 def evaluate_language_specialist(spec: Specialist, split: str = "val", n: int = 500, seed: int = 0,
                                  batch_size: int = 16) -> dict[str, Any]:
     """The model generates for real through the Pipeline, as `superlink eval` runs it."""
-    from evaluation.suite import run_samples
-
     pairs, _ = family_pairs(spec.cfg, spec.task, split, n, seed)
     pipe = Pipeline(spec.cfg, spec.system, spec.processor)
     try:

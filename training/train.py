@@ -27,12 +27,12 @@ Checkpoints have one format whatever the mode, so either mode resumes the other'
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,16 +40,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from decoders.diffusion import EditDecoder, GenerationDecoder
+from mllm.lora import apply_lora, is_lora_applied
+from mllm.processor import SuperLinkProcessor
+from mllm.tokenizer import add_superlink_tokens
+from mllm.vocab import Vocabulary
 from router.bindings import SuperLinkSystem
 from router.config import PARAM_GROUPS, StageConfig, SuperLinkConfig, load_config
 from router.loss import TrainBatch, collate, joint_loss
-from router.pipeline import save_system
 from router.samples import TaskSample
 from router.sources import DataMix, data_tokenizer
+from router.system import HEADS_FILE, MLLM_DIR, build_system, save_system
 from training import parallel
 from training.checkpoint import FullState, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.evaluate import evaluate
@@ -77,8 +84,6 @@ def group_of(name: str) -> str:
 
 def set_trainable(system: SuperLinkSystem, stage: StageConfig, decoder_flags: dict[str, bool]) -> None:
     """requires_grad per the stage; decoders keep the flags they were built with (e.g. a frozen VAE)."""
-    from mllm.lora import apply_lora, is_lora_applied
-
     model = system.model
     if stage.train_llm == "lora" and not is_lora_applied(model):
         apply_lora(model, model.config.lora)  # freezes all but adapters, new token rows, queries, region, projector
@@ -210,8 +215,6 @@ class Run:
 
 
 def _lora_applied(system: SuperLinkSystem) -> bool:
-    from mllm.lora import is_lora_applied
-
     return is_lora_applied(system.model)
 
 
@@ -232,8 +235,6 @@ class _LossModule(nn.Module):
 
 
 def _wrap_ddp(engine: nn.Module, device: torch.device) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     # Routes absent from a rank's batch leave their projector and decoder unused on that step.
     return DistributedDataParallel(engine, device_ids=ids, find_unused_parameters=True)
@@ -313,7 +314,6 @@ def run_tokenizer(cfg: SuperLinkConfig, out: Path) -> Any:
     saved = out / TOKENIZER
     if cfg.model.pretrained or not (saved / "tokenizer.json").is_file():
         return None
-    from mllm.processor import SuperLinkProcessor
 
     return SuperLinkProcessor.from_pretrained(saved, cfg.model).tokenizer
 
@@ -321,13 +321,6 @@ def run_tokenizer(cfg: SuperLinkConfig, out: Path) -> Any:
 def init_tokenizer(init: Path, cfg: SuperLinkConfig) -> Any:
     """The tokenizer of a saved system folder (written by Pipeline.save_pretrained / a run's model/), with the
     tokens of any route `cfg` declares beyond the saved model's appended (every saved id is kept)."""
-    from transformers import AutoTokenizer
-
-    from mllm.processor import SuperLinkProcessor
-    from mllm.tokenizer import add_superlink_tokens
-    from mllm.vocab import Vocabulary
-    from router.pipeline import MLLM_DIR
-
     if not (init / MLLM_DIR / "tokenizer.json").is_file():
         raise FileNotFoundError(f"--init {init}: no {MLLM_DIR}/tokenizer.json; expected a folder written by save_pretrained")
     tokenizer = AutoTokenizer.from_pretrained(str(init / MLLM_DIR), local_files_only=True)
@@ -341,10 +334,6 @@ def init_weights(system: SuperLinkSystem, init: Path) -> dict[str, int]:
     A changed part (another projector, a new query table, a resized decoder) starts fresh; everything else
     continues from the saved weights. Returns how many tensors were copied and how many start fresh.
     """
-    from safetensors.torch import load_file
-
-    from router.pipeline import HEADS_FILE, MLLM_DIR
-
     saved = load_file(str(init / HEADS_FILE))
     if system.model is not None:
         saved |= {f"model.{k}": v for k, v in load_file(str(init / MLLM_DIR / "model.safetensors")).items()}
@@ -379,8 +368,6 @@ def _tied_to_copied(key: str, own: dict[str, torch.Tensor], take: dict[str, torc
 
 
 def build_run(cfg: SuperLinkConfig, out: Path, resume: bool = False, init: Path | None = None) -> Run:
-    from router.pipeline import build_system
-
     data = DataMix(cfg)  # opens every source: a bad path fails here, before the model is built
     rank, world, device = init_distributed(sharded=cfg.training.parallel == "fsdp")
     check_parallel(cfg)
@@ -423,7 +410,7 @@ def save(run: Run, step: int) -> Path | None:
 
 
 def save_final(run: Run, out: Path) -> None:
-    """The trained system folder (router.pipeline.save_system), from rank 0; gathered first under fsdp."""
+    """The trained system folder (router.system.save_system), from rank 0; gathered first under fsdp."""
     weights = None
     if run.sharded is not None:
         state, aliases = parallel.full_model_state(run.system)  # collective
@@ -534,16 +521,8 @@ def _log(run: Run, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def iter_log(out_dir: str | Path) -> Iterator[dict]:
-    with (Path(out_dir) / LOG).open() as f:
-        for line in f:
-            yield json.loads(line)
-
-
 def main() -> None:
     """torchrun --nproc_per_node N -m training.train CONFIG [OUT | --out OUT] [--resume] [--max-steps N]"""
-    import argparse
-
     ap = argparse.ArgumentParser(description="SuperLink joint training (one process per GPU under torchrun)")
     ap.add_argument("config")
     ap.add_argument("out_pos", nargs="?", default=None, metavar="OUT")

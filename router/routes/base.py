@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from decoders.base import Decoder
 from router.projectors import ProjectorFactory
 from router.schemas import Item
 from router.stages import DecoderCall
 
-BuildBatch = Callable[[Sequence[DecoderCall], torch.Tensor, nn.Module], tuple[Any, list[list[int]]]]
-ToItems = Callable[[Any, Sequence[DecoderCall], nn.Module], list[list[Item]]]
-TrainBatch = Callable[[torch.Tensor, Sequence[int], Sequence[Any], Sequence[Any], nn.Module], tuple[Any, Any]]
+# What a route's callables get: its decoder (decoders.base.Decoder), the link states projected to its width,
+# and the route's calls or training targets; batches, predictions and targets are the decoder's own types.
+BuildBatch = Callable[[Sequence[DecoderCall], torch.Tensor, Decoder], tuple[Any, list[list[int]]]]
+ToItems = Callable[[Any, Sequence[DecoderCall], Decoder], list[list[Item]]]
+TrainBatch = Callable[[torch.Tensor, Sequence[int], Sequence[Any], Sequence[Any], Decoder], tuple[Any, Any]]
 EvaluateHook = Callable[[Sequence[Any]], dict[str, float]]
 
 

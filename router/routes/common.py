@@ -1,18 +1,29 @@
 """Helpers shared by the built-in route modules: the detector family ([DET] [SEG] [GRD] [POSE]) and the
 diffusion family ([GEN] [EDIT]) each run one decoder type, so their batch builders and item conversions live here
-once; each route module picks the ones it uses."""
+once; each route module picks the ones it uses.
+
+The decoder modules (decoders.detection, decoders.keypoints, decoders.diffusion) are imported inside the helpers
+that run them: loading the route table (configs, the serving config, the CPU ingress) must not load Grounding DINO
+or diffusers, as decoders/builtin.py builds a decoder only when one is asked for."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from router.schemas import Item
+from router.response import mask_rle, png_base64
+from router.schemas import Detection, GeneratedImage, Item, Keypoints
 from router.stages import DecoderCall
+
+if TYPE_CHECKING:
+    from decoders.detection import DetectionDecoder
+    from decoders.diffusion import EditDecoder, GenerationDecoder
+    from decoders.keypoints import KeypointDecoder
+
+    DetectorFamily = DetectionDecoder | KeypointDecoder  # [DET] [SEG] [GRD] run the first, [POSE] the second
 
 
 # ---- shared helpers for the rows ------------------------------------------------------------
@@ -43,10 +54,10 @@ def _seeds(calls: Sequence[DecoderCall]) -> list[int] | None:
 
 # ---- [DET] [SEG] [GRD] -> detector ----------------------------------------------------------
 def detector_batch(
-    calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
+    calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: DetectorFamily
 ) -> tuple[Any, list[list[int]]]:
     """One detector item per request; its phrases are that request's calls of this route."""
-    from decoders.detection import DetectionBatch
+    from decoders.detection import DetectionBatch  # lazy: see the module docstring
     from decoders.keypoints import PoseBatch
 
     owners = _by_request(calls)
@@ -69,11 +80,8 @@ def detector_batch(
     return batch, owners
 
 
-def detector_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:
+def detector_items(prediction: Any, calls: Sequence[DecoderCall], decoder: DetectorFamily) -> list[list[Item]]:
     """Detections of phrase j belong to owner call j; each call's own score threshold applies."""
-    from router.response import mask_rle
-    from router.schemas import Detection
-
     out: list[list[Item]] = [[] for _ in calls]
     for d in prediction:
         call = calls[d.phrase_index]
@@ -94,9 +102,7 @@ def detector_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Mo
     return out
 
 
-def keypoint_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:
-    from router.schemas import Keypoints
-
+def keypoint_items(prediction: Any, calls: Sequence[DecoderCall], decoder: KeypointDecoder) -> list[list[Item]]:
     out: list[list[Item]] = [[] for _ in calls]
     for inst in prediction:
         call = calls[inst.phrase_index]
@@ -129,7 +135,7 @@ def detector_train_batch(
     rows: Sequence[int],
     targets: Sequence[Any],
     images: Sequence[Any],
-    decoder: nn.Module,
+    decoder: DetectorFamily,
 ) -> tuple[Any, Any]:
     """One detector item per row; phrase j of a row is its j-th group; target labels index phrases."""
     from decoders.detection import DetectionBatch, DetectionTarget
@@ -172,7 +178,7 @@ def _detection_target(route: str, phrase_targets: Sequence[Any], det_cls: type, 
 
 # ---- [GEN] [EDIT] -> generator, editor --------------------------------------------------------
 def generator_batch(
-    calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
+    calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: GenerationDecoder
 ) -> tuple[Any, list[list[int]]]:
     """One image per call; steps and guidance come from the first call's options (one sampler run)."""
     from decoders.diffusion import GenerationBatch
@@ -183,7 +189,7 @@ def generator_batch(
 
 
 def editor_batch(
-    calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: nn.Module
+    calls: Sequence[DecoderCall], projected: torch.Tensor, decoder: EditDecoder
 ) -> tuple[Any, list[list[int]]]:
     from decoders.diffusion import EditBatch
 
@@ -211,7 +217,7 @@ def generator_train_batch(
     rows: Sequence[int],
     targets: Sequence[Any],
     images: Sequence[Any],
-    decoder: nn.Module,
+    decoder: GenerationDecoder,
 ) -> tuple[Any, Any]:
     from decoders.diffusion import DiffusionTargets, GenerationBatch
 
@@ -225,7 +231,7 @@ def editor_train_batch(
     rows: Sequence[int],
     targets: Sequence[Any],
     images: Sequence[Any],
-    decoder: nn.Module,
+    decoder: EditDecoder,
 ) -> tuple[Any, Any]:
     from decoders.diffusion import DiffusionTargets, EditBatch
 
@@ -237,10 +243,7 @@ def editor_train_batch(
     )
 
 
-def image_items(prediction: Any, calls: Sequence[DecoderCall], decoder: nn.Module) -> list[list[Item]]:
-    from router.response import png_base64
-    from router.schemas import GeneratedImage
-
+def image_items(prediction: Any, calls: Sequence[DecoderCall], decoder: GenerationDecoder | EditDecoder) -> list[list[Item]]:
     (call,) = calls
     h, w = prediction.image.shape[:2]
     source = call.image_index if call.route == "EDIT" else None

@@ -194,7 +194,7 @@ def test_pose_runs_on_the_pretrained_detector(tmp_path, tiny_config):
     """[POSE] at real scale must see the loaded Grounding DINO, not a random detector of the same size."""
     from decoders.detection import DetectionDecoder
     from router.bindings import build_detector, build_keypoints
-    from router.pipeline import _pick_decoders, route_table
+    from router.system import _pick_decoders, route_table
 
     torch.manual_seed(5)
     DetectionDecoder(tiny_config.decoders.detector).save_pretrained(tmp_path / "gd")

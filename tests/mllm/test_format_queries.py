@@ -19,8 +19,9 @@ from mllm.format_queries import (
 )
 from mllm.modeling import SuperLinkModel
 from router.loss import collate, joint_loss
-from router.pipeline import Pipeline, build_system, forced_answer_hook
+from router.pipeline import Pipeline, forced_answer_hook
 from router.schemas import Options, Request
+from router.system import build_system
 from shapesworld.tasks import make_sample
 
 K, B, S = 4, 16, 6  # class slots, location bins, format slots

@@ -9,7 +9,7 @@ import torch
 from mllm.config import ConfigError, ImageTokenizerConfig, MLLMConfig, validate_mapping
 from mllm.modeling import SuperLinkModel
 from router.loss import collate, joint_loss
-from router.pipeline import build_system
+from router.system import build_system
 from shapesworld.tasks import make_sample
 
 QUERIES = 6

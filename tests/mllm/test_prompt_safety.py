@@ -12,7 +12,7 @@ from mllm.config import MLLMConfig, validate_mapping
 from mllm.processor import CHAT_TEMPLATE, ProcessorError, SuperLinkProcessor
 from mllm.tokenizer import build_tokenizer
 from mllm.vocab import Vocabulary
-from router.pipeline import CHECKPOINT_ROOT
+from router.assets import CHECKPOINT_ROOT
 
 CORPUS = ["USER: detect the red circle and the blue star ASSISTANT: Sure, the red circle [DET]."] * 4
 SHIPPED = CHECKPOINT_ROOT / "shapes" / "mllm"

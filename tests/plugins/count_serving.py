@@ -1,11 +1,11 @@
 """The scripted engine for serving [COUNT] (tests/plugins/count_route.py): "count the circles" answers
-"the circles [COUNT]", next to the built-in verbs (services.testing.KEYWORDS)."""
+"the circles [COUNT]", next to the built-in verbs (tests.doubles.KEYWORDS)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.testing import KEYWORDS, ScriptedPipeline
+from tests.doubles import KEYWORDS, ScriptedPipeline
 
 
 class CountScriptedPipeline(ScriptedPipeline):

@@ -9,7 +9,7 @@ import torch
 
 from mllm.config import DenseProbeConfig
 from router.loss import collate, dense_targets, joint_loss
-from router.pipeline import build_system
+from router.system import build_system
 from shapesworld.constants import COLORS, KINDS
 from shapesworld.scene import CENTRE_RADIUS, DENSE_LABELS, sample_scene
 from shapesworld.tasks import make_sample

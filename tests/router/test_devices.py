@@ -74,7 +74,7 @@ def test_the_stand_in_catches_an_input_left_on_the_cpu(fresh_pipeline):
 
 def test_a_training_step_runs_with_the_system_on_another_device(tiny_config):
     from router.loss import collate, joint_loss
-    from router.pipeline import build_system
+    from router.system import build_system
     from training.train import batch_samples
 
     torch.manual_seed(0)

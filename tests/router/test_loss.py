@@ -8,7 +8,7 @@ import torch
 
 from mllm.config import LoraConfig
 from router.loss import collate, joint_loss, route_targets
-from router.pipeline import build_system
+from router.system import build_system
 from shapesworld.tasks import make_sample
 
 
@@ -90,7 +90,7 @@ def test_skip_projector_keeps_phrases_apart_where_the_relu_mlp_collapses_them():
 
 def test_link_projector_config_picks_the_perception_projector(tiny_config):
     from router.bindings import SkipProjector
-    from router.pipeline import build_system
+    from router.system import build_system
 
     system, _ = build_system(tiny_config.model_copy(update={"link_projector": "skip_mlp"}), with_model=False)
     assert all(isinstance(system.projectors[r], SkipProjector) for r in ("DET", "SEG", "GRD", "POSE"))

@@ -131,7 +131,7 @@ def test_the_tokenizer_learns_the_file_sources_texts(tiny_config, tmp_path):
 
 def test_loading_a_saved_system_builds_no_tokenizer(tiny_config, tmp_path, monkeypatch):
     import router.sources
-    from router.pipeline import build_system, load_system, save_system
+    from router.system import build_system, load_system, save_system
 
     system, processor = build_system(tiny_config, decoders=["keypoints"])
     save_system(tiny_config, system, processor, tmp_path / "saved")

@@ -8,7 +8,7 @@ def tiny_dir(tmp_path_factory):
     """The tiny preset built once (random weights) and saved, so deployments load it quickly and identically."""
     import torch
 
-    from services.testing import ScriptedPipeline
+    from tests.doubles import ScriptedPipeline
 
     out = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)  # random weights, but the same ones every run: the tests must not depend on luck
@@ -18,6 +18,6 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scripted_pipeline(tiny_dir):
-    from services.testing import ScriptedPipeline
+    from tests.doubles import ScriptedPipeline
 
     return ScriptedPipeline.from_pretrained(tiny_dir)

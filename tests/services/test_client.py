@@ -12,7 +12,7 @@ from router.schemas import Request, Response
 from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTPError, scribble_region
 from services.config import HTTPConfig
 from services.http import BackgroundServer, create_app
-from services.testing import FakePipeline
+from tests.doubles import FakePipeline
 
 
 def png() -> bytes:

@@ -56,9 +56,9 @@ def test_serve_file_without_superlink_app(tmp_path):
 
 def test_make_engine_uses_factory_and_configured_routes():
     from services.engines import make_engine
-    from services.testing import FakePipeline
+    from tests.doubles import FakePipeline
 
-    engine = make_engine(ServeConfig(engine_factory="services.testing:fake_engine", routes=["GEN"]), decoders=[])
+    engine = make_engine(ServeConfig(engine_factory="tests.doubles:fake_engine", routes=["GEN"]), decoders=[])
     assert isinstance(engine, FakePipeline) and engine.deployed_routes == ["GEN"]
     with pytest.raises(ValueError, match="package.module:callable"):
-        make_engine(ServeConfig(engine_factory="services.testing"))
+        make_engine(ServeConfig(engine_factory="tests.doubles"))

@@ -6,7 +6,7 @@ import pytest
 
 from router.schemas import Request
 from services.engines import DecoderEngine, MLLMEngine, Planned, Rejected
-from services.testing import FakePipeline, scripted_answer
+from tests.doubles import FakePipeline, scripted_answer
 
 
 def test_decoder_engine_flattens_into_one_call_and_splits_back():

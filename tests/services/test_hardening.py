@@ -18,7 +18,7 @@ from PIL import Image
 from services.config import HTTPConfig
 from services.http import create_app
 from services.limits import json_depth, public_error
-from services.testing import FakePipeline
+from tests.doubles import FakePipeline
 
 
 def png(w: int = 8, h: int = 8) -> bytes:

@@ -12,8 +12,8 @@ from PIL import Image
 from router.schemas import Response
 from services.client import AsyncSuperLinkClient, SuperLinkClient
 from services.http import BackgroundServer, create_app
-from services.langchain_tool import SuperLinkTool, scripted_chat_model, summarize
-from services.testing import FakePipeline
+from services.langchain_tool import SuperLinkTool, summarize
+from tests.doubles import FakePipeline, scripted_chat_model
 
 
 def png() -> bytes:

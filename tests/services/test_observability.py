@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.config import HTTPConfig
 from services.http import create_app
 from services.observability import NullMetrics, configure_logging, log
-from services.testing import FakePipeline
+from tests.doubles import FakePipeline
 
 
 @pytest.fixture

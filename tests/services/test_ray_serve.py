@@ -6,10 +6,13 @@ import asyncio
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from services.client import AsyncSuperLinkClient, SuperLinkClient
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +34,16 @@ def url(tiny_dir):
 
     from services.app import build_app
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Replicas import the engine factory (tests.doubles) by name, so they need the checkout on their path.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     quarter = {"ray_actor_options": {"num_cpus": 0.25}, "health_check_period_s": 1.0}
     batched = {**quarter, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}}
     config = {
         "model": str(tiny_dir),
-        "engine_factory": "services.testing:scripted_engine",
+        "engine_factory": "tests.doubles:scripted_engine",
         "routes": ["DET", "SEG", "GEN"],
         "ingress": {"ray_actor_options": {"num_cpus": 0.1}},
         "mllm": batched,

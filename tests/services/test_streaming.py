@@ -22,7 +22,7 @@ from services.client import AsyncSuperLinkClient, SuperLinkClient, SuperLinkHTTP
 from services.config import HTTPConfig
 from services.http import BackgroundServer, create_app
 from services.langchain_tool import SuperLinkTool
-from services.testing import FakePipeline, ScriptedPipeline
+from tests.doubles import FakePipeline, ScriptedPipeline
 
 
 def png(w: int = 48, h: int = 48) -> bytes:

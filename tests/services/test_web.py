@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from router.schemas import Request
 from services.http import create_app
-from services.testing import FakePipeline
 from services.web import STATIC_DIR
 from services.web.examples import EXAMPLES_DIR, make_examples
+from tests.doubles import FakePipeline
 
 
 def test_page_and_its_files_are_served():

@@ -89,7 +89,7 @@ def one_rank_group():
 
 
 def test_fsdp_on_one_rank_matches_the_plain_run_and_resumes_exactly(tmp_path, one_rank_group):
-    from router.pipeline import load_system
+    from router.system import load_system
 
     sharded = _config(tmp_path, "fsdp", parallel="fsdp")
     full = train(sharded, tmp_path / "fsdp")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from router.pipeline import CHECKPOINT_ROOT, SYSTEM_CONFIG
+from router.assets import CHECKPOINT_ROOT, SYSTEM_CONFIG
 
 CKPT = CHECKPOINT_ROOT / "shapes"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bench.specialists as bench
-import router.pipeline
+import router.system
 from evaluation.suite import eval_samples
 from training.specialists import (
     METRICS,
@@ -33,7 +33,7 @@ def no_mllm(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a decoder specialist built the MLLM")
 
-    monkeypatch.setattr(router.pipeline, "build_model", refuse)
+    monkeypatch.setattr(router.system, "build_model", refuse)
 
 
 @pytest.mark.parametrize("route", ["DET", "GRD"])

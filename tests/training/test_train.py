@@ -96,7 +96,7 @@ def test_batches_are_a_function_of_seed_and_step(tmp_path, tiny_config):
 
 
 def test_stages_choose_what_trains(tiny_config):
-    from router.pipeline import build_system
+    from router.system import build_system
 
     torch.manual_seed(0)
     system, _ = build_system(tiny_config, decoders=["generator"])
@@ -118,7 +118,7 @@ def test_stages_choose_what_trains(tiny_config):
 
 def test_train_vision_switch_trains_the_vision_tower(tiny_config):
     from router.config import StageConfig
-    from router.pipeline import build_system
+    from router.system import build_system
 
     torch.manual_seed(0)
     system, _ = build_system(tiny_config, decoders=["generator"])
@@ -147,7 +147,7 @@ def test_two_process_gloo_training(tmp_path):
 
 
 def test_periodic_evaluation_scores_with_evaluation_metrics(tiny_config):
-    from router.pipeline import build_system
+    from router.system import build_system
     from training.evaluate import evaluate
 
     cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(update={"eval_samples": 1})})

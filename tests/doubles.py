@@ -1,12 +1,13 @@
-"""Engines for tests, benchmarks and offline examples; importable by Ray workers by name.
+"""Test doubles of the serving engine (tests and the serving benchmarks); importable by Ray workers by name.
 
     ScriptedPipeline  the real Pipeline with its answer forced from the instruction's verbs
                       ("detect the stars, draw a square" -> "the stars [DET], a square [GEN]"),
                       so a random-weight preset fires real routes through real decoders
-                      (`engine_factory: services.testing:scripted_engine`)
+                      (`engine_factory: tests.doubles:scripted_engine`)
+    scripted_chat_model  a LangChain chat model that calls the superlink tool once, then answers
     FakePipeline      a deterministic stand-in with the Pipeline's stage methods and stage types,
                       isolating the serving layer; failures or delays injectable per decoder
-                      (`engine_factory: services.testing:fake_engine`)
+                      (`engine_factory: tests.doubles:fake_engine`)
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 
 from router.pipeline import Pipeline, forced_answer_hook, generation_groups
 from router.routes import BUILTIN_ROUTES, ROUTES, route_decoders
@@ -188,3 +192,17 @@ def _item(call: DecoderCall) -> Item:
 def fake_engine(model: str, decoders: Sequence[str] | None = None, with_model: bool = True) -> FakePipeline:
     """`engine_factory` entry point with Pipeline.from_pretrained's signature; the model name is ignored."""
     return FakePipeline()
+
+
+class ScriptedChatModel(GenericFakeChatModel):
+    """GenericFakeChatModel refuses bind_tools; agents need it, so this one returns itself."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
+        return self
+
+
+def scripted_chat_model(instruction: str, image_ids: list[str], final_answer: str = "Done.") -> ScriptedChatModel:
+    """An offline chat model that calls the superlink tool once with `instruction`, then answers."""
+    call = {"name": "superlink", "args": {"instruction": instruction, "image_ids": image_ids}, "id": "call_1",
+            "type": "tool_call"}
+    return ScriptedChatModel(messages=iter([AIMessage(content="", tool_calls=[call]), AIMessage(content=final_answer)]))
