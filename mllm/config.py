@@ -180,9 +180,10 @@ class MLLMConfig(StrictModel):
     lora: LoraConfig | None = None
     projector: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
     # LayerNorm on the vision tower's patch features before the projector (InternVL's `mlp1`, which VisionLLM v2
-    # builds on). A tower trained from scratch grows its residual stream (patch norms ~800 in the first
-    # `shapes` checkpoint): unnormalised, the projected patches reach the LLM ~10^4 x the text embeddings'
-    # norm and 98% alike, and the LLM's RMSNorm scales their gradient down by as much. Off: LLaVA's layout.
+    # builds on). A tower trained from scratch grows its residual stream (patch norms ~870 in the 9 300-step
+    # `shapes` model): unnormalised, the projected patches reach the LLM ~10^4 x the text embeddings' norm and
+    # 98% alike (bench/image_reliance.py; EVAL.md). With it, the image tokens do not depend on the tower's
+    # scale. Off: LLaVA's layout.
     projector_norm: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # VisionLLM v1 options, off by default (a config without them builds and loads exactly as before).
