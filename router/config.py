@@ -36,6 +36,13 @@ class StageConfig(StrictModel):
     # target's description instead of the mapped link states (decoder pre-training, as VisionLLM v2's UNet was
     # trained on CLIP text before its links were aligned to it); "link": the usual end-to-end path.
     decoder_conditioning: Literal["link", "text"] = "link"
+    # False: the image connector (the LLaVA projector, model.projector_norm, model.image_tokenizer) stays frozen
+    # although the projectors group trains: with the LLM frozen too, the LLM's inputs and so its answers and
+    # link states stay fixed while the decoders and link projectors fit them (VisionLLM v2's decoder stage).
+    train_connector: bool = True
+    # This stage's ShapesWorld task weights, in place of training.task_weights (a source's own task_weights
+    # still win); None: training.task_weights. E.g. a decoder stage drawing only the decoder tasks.
+    task_weights: dict[str, float] | None = None
 
     @field_validator("lr")
     @classmethod

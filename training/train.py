@@ -9,6 +9,10 @@ Stages (TrainingConfig.stages) run one after another over one global step counte
   train_llm "full"    plus the whole LLM (the vision tower stays frozen, as in VisionLLM v2)
   train_vision true   the vision tower trains too (for towers trained from scratch), whatever train_llm is
   decoder_losses false  LM loss only: the decoders do not run (a fast first stage for a from-scratch LLM)
+  train_connector false  the image connector stays frozen; with a frozen LLM the link states are then
+                      fixed while decoders and link projectors fit them (VisionLLM v2's decoder stage)
+A parameter group the stage gives no rate (or rate 0) is frozen. A stage's task_weights replace
+training.task_weights while it runs.
 Data (TrainingConfig.data, router/sources.py): the sources a batch row is drawn from, by weight:
 ShapesWorld (generated), COCO instances/keypoints, RefCOCO-style refs, LLaVA conversation JSON(L). A
 fresh run builds its tokenizer from the sources' texts and saves it (OUT/tokenizer, then model/mllm/).
@@ -82,6 +86,11 @@ def group_of(name: str) -> str:
     return "llm"
 
 
+def is_connector(name: str) -> bool:
+    """The image connector: what turns the vision tower's patches into the LLM's image tokens."""
+    return ".multi_modal_projector." in name or name.startswith(("model.projector_norm.", "model.image_tokenizer."))
+
+
 def set_trainable(system: SuperLinkSystem, stage: StageConfig, decoder_flags: dict[str, bool]) -> None:
     """requires_grad per the stage; decoders keep the flags they were built with (e.g. a frozen VAE)."""
     model = system.model
@@ -90,10 +99,11 @@ def set_trainable(system: SuperLinkSystem, stage: StageConfig, decoder_flags: di
     lora = is_lora_applied(model)
     for name, p in system.named_parameters():
         group = group_of(name)
+        rated = stage.lr.get(group, 0.0) > 0  # a group the stage gives no rate is frozen, not just left unstepped
         if group == "decoders":
-            p.requires_grad_(decoder_flags.get(name, True))
+            p.requires_grad_(rated and decoder_flags.get(name, True))
         elif group != "llm":
-            p.requires_grad_(True)
+            p.requires_grad_(rated and (stage.train_connector or not is_connector(name)))
         elif ".vision_tower." in name:
             p.requires_grad_(stage.train_vision)
         elif stage.train_llm == "frozen":
@@ -139,6 +149,11 @@ def stage_at(stages: list[StageConfig], step: int) -> int:
 
 
 # ---- data ---------------------------------------------------------------------------------------
+def with_task_weights(cfg: SuperLinkConfig, task_weights: dict[str, float]) -> SuperLinkConfig:
+    """The config with other training.task_weights (a stage's own, StageConfig.task_weights)."""
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"task_weights": dict(task_weights)})})
+
+
 def batch_samples(cfg: SuperLinkConfig, step: int, micro: int, rank: int, data: DataMix | None = None) -> list[TaskSample]:
     """The samples of (step, micro-step, rank): a pure function of the seed and these numbers."""
     return draw_batch(cfg, step, micro, rank, data)[0]
@@ -175,6 +190,12 @@ class Run:
     decoder_flags: dict[str, bool] = field(default_factory=dict)
     sharded: nn.Module | None = None  # fsdp: the FSDP root (system.model) once the LLM is sharded
     replicated: list[nn.Parameter] = field(default_factory=list)  # fsdp: trainable parameters FSDP does not hold
+    stage_data: DataMix | None = None  # the current stage's mix when it sets its own task_weights
+
+    @property
+    def mix(self) -> DataMix:
+        """Where this stage's batches come from."""
+        return self.stage_data if self.stage_data is not None else self.data
 
     @property
     def fsdp(self) -> bool:
@@ -189,6 +210,7 @@ class Run:
                 "already sharded; put the lora stages before the full ones, or use parallel: ddp"
             )
         set_trainable(self.system, stage, self.decoder_flags)  # applies LoRA on the first lora stage
+        self.stage_data = None if stage.task_weights is None else DataMix(with_task_weights(self.cfg, stage.task_weights))
         if self.fsdp and self.sharded is None and stage.train_llm != "frozen":
             parallel.broadcast_from_rank0(self.system)  # e.g. LoRA's fresh adapters, drawn per rank
             self.sharded = parallel.shard_llm(self.system, self.cfg.training.mixed_precision)
@@ -253,7 +275,7 @@ def _autocast(cfg: SuperLinkConfig, device: torch.device) -> contextlib.Abstract
 
 def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     """Forward + backward of one micro-batch; returns its losses (and, on logged steps, link health) for logging."""
-    samples, sources = draw_batch(run.cfg, step, micro, run.rank, run.data)
+    samples, sources = draw_batch(run.cfg, step, micro, run.rank, run.mix)
     batch = collate(run.processor, samples)
     batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
     last = micro == run.cfg.training.grad_accum - 1
@@ -262,12 +284,15 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     sync = contextlib.nullcontext() if last or run.world == 1 or run.fsdp else run.engine.no_sync()
     with sync, _autocast(run.cfg, run.device):
         total, parts, extra = run.engine(batch, health=(step + 1) % run.cfg.training.log_every == 0)
-        (total / run.cfg.training.grad_accum).backward()
+        # A frozen-LLM stage's micro-batch may hold no row that reaches a trainable weight (no decoder rows):
+        # nothing to learn from it. Under DDP every rank must run backward, so there it still raises.
+        if total.requires_grad or run.world > 1:
+            (total / run.cfg.training.grad_accum).backward()
     logged = {k: float(v.detach()) for k, v in parts.items()}
     logged.update(extra)
     logged["total"] = float(total.detach())
-    if len(run.data.sources) > 1:  # the share of this micro-batch's rows each source supplied
-        logged.update({f"data/{n}": sources.count(n) / len(sources) for n in run.data.names})
+    if len(run.mix.sources) > 1:  # the share of this micro-batch's rows each source supplied
+        logged.update({f"data/{n}": sources.count(n) / len(sources) for n in run.mix.names})
     return logged
 
 

@@ -133,6 +133,48 @@ def test_train_vision_switch_trains_the_vision_tower(tiny_config):
         assert named["model.llava.lm_head.weight"].requires_grad is (stage.train_llm == "full")
 
 
+def test_a_group_without_a_rate_and_a_frozen_connector_do_not_train(tiny_config):
+    from router.config import StageConfig
+    from router.system import build_system
+
+    torch.manual_seed(0)
+    system, _ = build_system(tiny_config, decoders=["generator"])
+    connector = [n for n, _ in system.named_parameters() if ".multi_modal_projector." in n]
+    assert connector
+    decoder_stage = StageConfig(name="d", steps=1, train_llm="frozen", train_connector=False,
+                                lr={"projectors": 1e-3, "decoders": 1e-3})
+    set_trainable(system, decoder_stage, {})
+    named = dict(system.named_parameters())
+    assert not any(named[n].requires_grad for n in connector)
+    assert named["projectors.GEN.0.weight"].requires_grad  # the link projectors still train
+    assert not named["model.queries.GEN.weight"].requires_grad  # no rate for queries: frozen
+    assert any(p.requires_grad for n, p in named.items() if n.startswith("decoders."))
+    assert not any(p.requires_grad for n, p in named.items() if group_of(n) in ("llm", "queries", "region"))
+    set_trainable(system, decoder_stage.model_copy(update={"train_connector": True}), {})
+    assert all(dict(system.named_parameters())[n].requires_grad for n in connector)
+
+
+def test_a_decoder_stage_trains_decoders_on_its_own_tasks_and_leaves_the_llm_alone(tmp_path):
+    cfg = _tiny_run_config(tmp_path, task_weights={"vqa": 1.0, "caption": 1.0}, log_every=1, stages=[
+        {"name": "lm", "steps": 1, "train_llm": "full", "decoder_losses": False},
+        {"name": "decoders", "steps": 2, "train_llm": "frozen", "train_connector": False,
+         "lr": {"projectors": 1e-3, "decoders": 1e-3}, "task_weights": {"grounding": 1.0, "generation": 1.0}},
+    ])
+    out = tmp_path / "run"
+    train(cfg, out, max_steps=1)
+    before = _final_weights(out)
+    train(cfg, out, resume=True)
+    after = _final_weights(out)
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in logs] == ["lm", "decoders", "decoders"]
+    assert {k for k in logs[0] if k.startswith("lm/")} <= {"lm/vqa", "lm/caption"}
+    for r in logs[1:]:  # the stage's own task weights: decoder tasks only
+        assert {k for k in r if k.startswith("lm/")} <= {"lm/grounding", "lm/generation"}
+    llm = [k for k in before if k.startswith("model.llava.")]
+    assert llm and all(torch.equal(before[k], after[k]) for k in llm)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoders."))
+
+
 @pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     cfg = _tiny_run_config(tmp_path, batch_size=1)
