@@ -1,0 +1,235 @@
+"""What stops the LLM learning VQA? Short VQA-only runs with controlled image tokens and question types.
+
+    python bench/vqa_learning.py [--image vision|oracle|scene|answer] [--types color,shape] [--steps 1500]
+                                 [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced] [--json]
+
+Trains the config's SuperLink model (no decoders) on ShapesWorld VQA alone, the LM loss at one learning
+rate for every group (constant after a linear warm-up), and every --eval-every steps scores the exact
+teacher-forced answer (every answer token right) on fixed val questions: all of them, by answer type, and
+on one-object scenes. Teacher forcing makes a point cost one forward pass; `superlink eval` generates.
+
+What the image tokens are (--image):
+  vision  the model's own vision tower and projector, as in training
+  oracle  a learned linear map of ShapesWorld's exact per-patch labels (kind and colour coverage, centres;
+          `Scene.dense_labels()` pooled to the patch grid): perfect per-patch perception
+  scene   the same labels averaged over the whole image, in every token: no need to find the object
+  answer  a one-hot of the answer word in every token: the answer only has to be copied
+Answer types: count, exists, side, height, shape, color (read off the answer word). --types keeps only
+some in training (val keeps all); --schedule widens them by step (`until:type+type,...`, then --types);
+--max-objects caps training scenes; --balanced rejection-samples training questions towards equal types.
+The prior is the share of val questions whose answer is their type's most frequent answer. With --json
+the last line is one JSON object: steps, acc, acc_by_type, acc_one_object, prior, prior_by_type, history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+# bench/decoders.py would shadow the `decoders` package: drop this folder from the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import shapesworld.tasks as tasks  # noqa: E402
+from mllm.modeling import SuperLinkModel  # noqa: E402
+from router.config import load_config  # noqa: E402
+from router.loss import collate, dense_targets, model_inputs  # noqa: E402
+from router.system import build_system  # noqa: E402
+from shapesworld.constants import COLORS, KINDS  # noqa: E402
+from shapesworld.scene import DENSE_LABELS, sample_scene  # noqa: E402
+from training.train import build_optimizer, build_scheduler, set_trainable  # noqa: E402
+
+TYPES = ("count", "exists", "side", "height", "shape", "color")
+ANSWERS = (*tasks.NUMBERS, "yes", "no", "left", "right", "top", "bottom", *KINDS, *COLORS)
+VAL_SEED, VAL_ONE_SEED, TRAIN_SEED = 999, 998, 1
+BALANCE = {"count": .35, "exists": .17, "side": .17, "height": .15, "shape": .10, "color": .09}  # val shares
+
+
+def answer_type(answer: str) -> str:
+    a = answer.strip()
+    if a in tasks.NUMBERS:
+        return "count"
+    for t, words in (("exists", ("yes", "no")), ("side", ("left", "right")), ("height", ("top", "bottom"))):
+        if a in words:
+            return t
+    if a in KINDS:
+        return "shape"
+    if a in COLORS:
+        return "color"
+    raise ValueError(f"VQA answer {answer!r} of no known type")
+
+
+def parse_schedule(text: str) -> list[tuple[int, set[str]]]:
+    out = []
+    for part in filter(None, text.split(",")):
+        until, types = part.split(":")
+        unknown = set(types.split("+")) - set(TYPES)
+        if unknown:
+            raise SystemExit(f"--schedule: unknown answer types {sorted(unknown)}; accepted: {', '.join(TYPES)}")
+        out.append((int(until), set(types.split("+"))))
+    return out
+
+
+class Questions:
+    """VQA samples by (split seed, step), optionally capped in objects and filtered/balanced by type."""
+
+    def __init__(self, cfg, max_objects: int | None) -> None:
+        self.cfg, self.max_objects = cfg, max_objects
+
+    def draw(self, seed: int, step: int, n: int, types: set[str] | None = None, balanced: bool = False,
+             max_objects: int | None = None) -> list:
+        rng = np.random.default_rng([seed, 7, step])
+        cap = max_objects
+        original = tasks.sample_scene
+        tasks.sample_scene = lambda r, size=128, n_objects=None: sample_scene(
+            r, size, n_objects if n_objects is not None or cap is None else int(r.integers(1, cap + 1)))
+        try:
+            out = []
+            while len(out) < n:
+                s = tasks.make_sample("vqa", rng, self.cfg.training.image_size, self.cfg.model.vocab.location_bins)
+                t = answer_type(s.answer)
+                if types is not None and t not in types:
+                    continue
+                if balanced and rng.random() > min(BALANCE.values()) / BALANCE[t]:
+                    continue
+                out.append(s)
+            return out
+        finally:
+            tasks.sample_scene = original
+
+
+class ControlledImages:
+    """Image tokens computed from labels, looked up by the pixel values the processor made of each image."""
+
+    def __init__(self, mode: str, processor, grid: int) -> None:
+        self.mode, self.processor, self.grid = mode, processor, grid
+        self.labels: dict[str, torch.Tensor] = {}
+        self.width = len(ANSWERS) if mode == "answer" else len(DENSE_LABELS)
+
+    @staticmethod
+    def key(pixels: torch.Tensor) -> str:
+        return hashlib.sha1(pixels.detach().float().contiguous().numpy().tobytes()).hexdigest()
+
+    def register(self, samples) -> None:
+        pixels, _ = self.processor.preprocess_images([s.image for s in samples])
+        targets, _ = dense_targets(samples, self.grid)
+        for row, px, s in zip(targets, pixels, samples, strict=True):
+            if self.mode == "answer":
+                row = torch.zeros(row.shape[0], self.width)
+                row[:, ANSWERS.index(s.answer.strip())] = 1.0
+            elif self.mode == "scene":
+                row = row.mean(0, keepdim=True).expand_as(row) * 10  # coverage of a whole image is small
+            self.labels[self.key(px)] = row
+
+    def encode(self, model: SuperLinkModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.stack([self.labels[self.key(px)] for px in pixel_values.float().cpu()])
+        return labels, model.controlled_images(labels)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/shapes.yaml")
+    ap.add_argument("--image", choices=("vision", "oracle", "scene", "answer"), default="vision")
+    ap.add_argument("--types", default=",".join(TYPES), help="answer types trained on (comma-separated)")
+    ap.add_argument("--schedule", default="", help="until:type+type,... before --types applies")
+    ap.add_argument("--max-objects", type=int, default=None)
+    ap.add_argument("--balanced", action="store_true")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=None, help="default: the config's batch size")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--val", type=int, default=512, help="val questions (plus 128 on one-object scenes)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    types = set(args.types.split(","))
+    if types - set(TYPES):
+        raise SystemExit(f"--types: unknown {sorted(types - set(TYPES))}; accepted: {', '.join(TYPES)}")
+    schedule = parse_schedule(args.schedule)
+
+    cfg = load_config(args.config)
+    batch = args.batch or cfg.training.batch_size
+    torch.manual_seed(0)
+    system, processor = build_system(cfg, decoders=[])
+    images = None
+    if args.image != "vision":
+        images = ControlledImages(args.image, processor, cfg.model.vision.image_size // cfg.model.vision.patch_size)
+        system.model.controlled_images = nn.Linear(images.width, cfg.model.text.hidden_size)  # group "llm"
+        SuperLinkModel.encode_images = lambda self, pixel_values: images.encode(self, pixel_values)
+    questions = Questions(cfg, args.max_objects)
+    val = [s for i in range(0, args.val, 32) for s in questions.draw(VAL_SEED, i, 32)]
+    val_one = [s for i in range(4) for s in questions.draw(VAL_ONE_SEED, i, 32, max_objects=1)]
+    if images is not None:
+        images.register(val + val_one)
+    by_type = defaultdict(list)
+    for s in val:
+        by_type[answer_type(s.answer)].append(s.answer.strip())
+    prior_by_type = {t: round(Counter(a).most_common(1)[0][1] / len(a), 3) for t, a in sorted(by_type.items())}
+    prior = round(sum(Counter(a).most_common(1)[0][1] for a in by_type.values()) / len(val), 3)
+    print(f"val {len(val)} questions, types {dict(Counter(answer_type(s.answer) for s in val))}, "
+          f"prior {prior} {prior_by_type}", flush=True)
+
+    rates = {g: args.lr for g in ("queries", "projectors", "llm", "region")}
+    stage = next((s for s in cfg.training.stages if not s.decoder_losses), cfg.training.stages[0])
+    stage = stage.model_copy(update={"lr": rates, "warmup_steps": args.warmup, "train_llm": "full", "train_vision": True})
+    system.train()
+    set_trainable(system, stage, {})
+    opt = build_optimizer(system, stage, cfg.training.weight_decay)
+    sched = build_scheduler(opt, stage)
+    params = [p for p in system.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def score(samples) -> tuple[float, dict[str, float]]:
+        system.eval()
+        hits = defaultdict(list)
+        for i in range(0, len(samples), 32):
+            rows = samples[i:i + 32]
+            inputs = model_inputs(collate(processor, rows).inputs)
+            pred = system.model(**inputs).logits[:, :-1].argmax(-1)
+            labels = inputs["labels"][:, 1:]
+            right = ((pred == labels) | (labels == -100)).all(-1)
+            for s, ok in zip(rows, right, strict=True):
+                hits[answer_type(s.answer)].append(bool(ok))
+        system.train()
+        every = [x for v in hits.values() for x in v]
+        return round(float(np.mean(every)), 3), {t: round(float(np.mean(v)), 3) for t, v in sorted(hits.items())}
+
+    t0, losses, history = time.perf_counter(), [], []
+    result: dict = {}
+    for step in range(args.steps):
+        allowed = next((ts for until, ts in schedule if step < until), types)
+        samples = questions.draw(TRAIN_SEED, step, batch, allowed, args.balanced, args.max_objects)
+        if images is not None:
+            images.register(samples)
+        loss = system.model(**model_inputs(collate(processor, samples).inputs)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm or 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            acc, per = score(val)
+            one, _ = score(val_one)
+            history.append({"step": step + 1, "acc": acc, "acc_one_object": one, **{f"acc.{t}": v for t, v in per.items()}})
+            print(f"step {step + 1} loss {np.mean(losses[-args.eval_every:]):.3f} acc {acc} one-object {one} {per} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+            result = {"steps": step + 1, "acc": acc, "acc_by_type": per, "acc_one_object": one}
+    result.update({"config": args.config, "image": args.image, "types": sorted(types), "schedule": args.schedule,
+                   "max_objects": args.max_objects, "balanced": args.balanced, "batch": batch, "lr": args.lr,
+                   "prior": prior, "prior_by_type": prior_by_type, "train_s": round(time.perf_counter() - t0, 1),
+                   "history": history})
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

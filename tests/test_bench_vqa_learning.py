@@ -1,0 +1,46 @@
+"""bench/vqa_learning.py on the tiny preset: answer types, controlled image tokens, the JSON it prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapesworld.tasks import make_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("vqa_learning", ROOT / "bench" / "vqa_learning.py")
+vqa_learning = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vqa_learning)
+
+
+def test_every_vqa_answer_has_a_type():
+    rng = np.random.default_rng(0)
+    seen = {vqa_learning.answer_type(make_sample("vqa", rng).answer) for _ in range(400)}
+    assert seen == set(vqa_learning.TYPES)
+    with pytest.raises(ValueError, match="no known type"):
+        vqa_learning.answer_type("maybe")
+
+
+def test_schedule_names_only_known_types():
+    assert vqa_learning.parse_schedule("10:color,20:color+shape") == [(10, {"color"}), (20, {"color", "shape"})]
+    with pytest.raises(SystemExit, match="unknown answer types"):
+        vqa_learning.parse_schedule("10:colour")
+
+
+def test_runs_with_oracle_tokens_and_prints_the_result():
+    cmd = [sys.executable, "bench/vqa_learning.py", "--config", "configs/tiny.yaml", "--image", "oracle",
+           "--steps", "4", "--eval-every", "2", "--val", "32", "--schedule", "2:color", "--json"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                               "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 4 and [h["step"] for h in result["history"]] == [2, 4]
+    assert 0.0 <= result["acc"] <= 1.0 and 0.0 < result["prior"] <= 1.0
+    assert set(result["prior_by_type"]) <= set(vqa_learning.TYPES)
