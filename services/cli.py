@@ -141,6 +141,8 @@ def evaluate(
     wording: Annotated[str, typer.Option(
         help="instruction wordings: template (the keys as before), heldout (*_heldout_wording keys: the same "
         "scenes worded as training never words them) or both")] = "both",
+    families: Annotated[str | None, typer.Option(
+        help="comma-separated task families to score (default: all); n is then dealt over these alone")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="last line is one JSON object")] = False,
 ) -> None:
     """Score a model on ShapesWorld with every task metric."""
@@ -152,7 +154,13 @@ def evaluate(
     if wording not in ("template", "heldout", "both"):
         typer.echo(f"superlink eval: unknown --wording {wording!r}; accepted: template, heldout, both", err=True)
         raise typer.Exit(2)
-    _print_json_last(evaluate_model(model=model, split=split, n=n, wording=wording), as_json)
+    chosen = {} if families is None else {"families": [f.strip() for f in families.split(",") if f.strip()]}
+    try:
+        result = evaluate_model(model=model, split=split, n=n, wording=wording, **chosen)
+    except ValueError as err:
+        typer.echo(f"superlink eval: {err}", err=True)
+        raise typer.Exit(2) from None
+    _print_json_last(result, as_json)
 
 
 @app.command()

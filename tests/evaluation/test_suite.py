@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 
 import numpy as np
@@ -172,3 +173,18 @@ def test_teacher_forced_heldout_wording_scores_the_same_answers():
     assert "vqa_acc" not in only and only["vqa_acc_heldout_wording"] == 1.0
     with pytest.raises(ValueError, match="accepted"):
         suite.evaluate_pipeline(pipe, n=3, wording="pirate")
+
+
+def test_eval_cli_scores_a_subset_of_families_and_refuses_unknown_ones():
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--n", "4", "--wording", "template",
+                                      "--families", "vqa,caption", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output.strip().splitlines()[-1])
+    assert payload["families"] == ["vqa", "caption"] and payload["n"] == 4
+    assert payload["vqa_acc"] is not None and payload["det_ap"] is None  # only the asked families are scored
+    bad = CliRunner().invoke(app, ["eval", "--model", "tiny", "--n", "4", "--families", "detections"])
+    assert bad.exit_code == 2 and "unknown task families ['detections']" in bad.output
