@@ -29,6 +29,10 @@ class StageConfig(StrictModel):
     # False: the stage trains on the LM loss alone and skips the decoders (several times faster per step), e.g. a
     # first stage that teaches a from-scratch LLM to answer, route and copy phrases before the decoders join in.
     decoder_losses: bool = True
+    # False: the LM loss is left out of the total (still logged). With decoder_losses false too, only the
+    # auxiliary losses train, e.g. a first stage that trains a from-scratch vision tower on model.dense_probe
+    # alone before the tower is frozen for the stages that teach the LLM to read it (bench/vqa_learning.py).
+    lm_loss: bool = True
     # Learning rate per parameter group (PARAM_GROUPS); a group left out, or at 0, does not train.
     lr: dict[str, float] = {"queries": 1e-3, "projectors": 1e-3, "decoders": 1e-3, "llm": 1e-4, "region": 1e-3}
     warmup_steps: int = Field(0, ge=0, description="linear warm-up at the start of the stage")
@@ -194,6 +198,18 @@ class SuperLinkConfig(StrictModel):
     @classmethod
     def _import_modules(cls, data: Any) -> Any:
         return import_modules(data)
+
+    @model_validator(mode="after")
+    def _every_stage_has_a_loss(self) -> SuperLinkConfig:
+        for stage in self.training.stages:
+            if not stage.lm_loss and not stage.decoder_losses and self.model.dense_probe is None \
+                    and self.model.format_queries is None:
+                raise ValueError(
+                    f"training stage {stage.name!r} has lm_loss and decoder_losses false and the model has no "
+                    "auxiliary loss (model.dense_probe or model.format_queries): it would train nothing; "
+                    "turn one of them on"
+                )
+        return self
 
 
 def load_config(preset_or_path: str | Path) -> SuperLinkConfig:

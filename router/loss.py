@@ -164,10 +164,11 @@ def link_health(system: SuperLinkSystem, route: str, states: torch.Tensor, weigh
 
 
 def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping[str, float] | None = None,
-               decoders: bool = True, health: bool = False) -> LossOutput:
+               decoders: bool = True, health: bool = False, lm: bool = True) -> LossOutput:
     """LM loss + sum over the routes present of weight x decoder loss (weights default to 1.0).
 
     decoders=False: the LM loss alone (no decoder runs; link states are still computed but unused).
+    lm=False: the LM loss stays in parts (for the log) but not in the total.
     health=True: also measure each route's link health (`link_health`; one extra backward through each decoder).
     A model with format queries adds parts["format"], the set loss of its native-detection rows
     (mllm.format_queries), weighted by model.format_queries.loss_weight, whatever `decoders` says.
@@ -178,7 +179,7 @@ def joint_loss(system: SuperLinkSystem, batch: TrainBatch, loss_weights: Mapping
         raise ValueError(f"loss weights for unknown routes {sorted(unknown)}; bound routes: {sorted(system.table)}")
     out = system.model(**model_inputs(batch.inputs))
     parts = {"lm": out.loss}
-    total, stats = out.loss, {}
+    total, stats = (out.loss if lm else out.loss.detach() * 0.0), {}
     for route, links in (out.link_states.items() if decoders else ()):
         rows, targets = route_targets(batch.samples, route, links.index)
         # An alias of the model's output: link_health differentiates w.r.t. it, so its extra backward stops

@@ -9,6 +9,8 @@ Stages (TrainingConfig.stages) run one after another over one global step counte
   train_llm "full"    plus the whole LLM (the vision tower stays frozen, as in VisionLLM v2)
   train_vision true   the vision tower trains too (for towers trained from scratch), whatever train_llm is
   decoder_losses false  LM loss only: the decoders do not run (a fast first stage for a from-scratch LLM)
+  lm_loss false       the LM loss is not trained on (with decoder_losses false: only model.dense_probe's loss,
+                      a stage that trains a from-scratch vision tower on ShapesWorld's dense labels alone)
   train_connector false  the image connector stays frozen; with a frozen LLM the link states are then
                       fixed while decoders and link projectors fit them (VisionLLM v2's decoder stage)
 A parameter group the stage gives no rate (or rate 0) is frozen. A stage's task_weights replace
@@ -219,7 +221,7 @@ class Run:
                 decoder.conditioning = stage.decoder_conditioning
         self.optimizer = build_optimizer(self.system, stage, self.cfg.training.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, stage)
-        engine = _LossModule(self.system, self.cfg.training.loss_weights, stage.decoder_losses)
+        engine = _LossModule(self.system, self.cfg.training.loss_weights, stage.decoder_losses, stage.lm_loss)
         if self.fsdp:
             self.replicated = parallel.replicated_trainable(self.system)
             self.engine = engine
@@ -243,16 +245,18 @@ def _lora_applied(system: SuperLinkSystem) -> bool:
 class _LossModule(nn.Module):
     """DDP needs one module whose forward runs the whole loss."""
 
-    def __init__(self, system: SuperLinkSystem, weights: dict[str, float], decoders: bool = True) -> None:
+    def __init__(self, system: SuperLinkSystem, weights: dict[str, float], decoders: bool = True,
+                 lm: bool = True) -> None:
         super().__init__()
         self.system = system
         self.weights = weights
         self.decoders = decoders
+        self.lm = lm
 
     def forward(
         self, batch: TrainBatch, health: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-        out = joint_loss(self.system, batch, self.weights, decoders=self.decoders, health=health)
+        out = joint_loss(self.system, batch, self.weights, decoders=self.decoders, health=health, lm=self.lm)
         return out.total, out.parts, {**{f"lm/{k}": v for k, v in out.lm_per_task.items()}, **out.health}
 
 

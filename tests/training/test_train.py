@@ -175,6 +175,32 @@ def test_a_decoder_stage_trains_decoders_on_its_own_tasks_and_leaves_the_llm_alo
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoders."))
 
 
+def test_a_dense_only_stage_trains_the_image_side_alone_and_a_lossless_stage_is_refused(tmp_path):
+    from router.config import load_config
+    from shapesworld.scene import DENSE_LABELS
+
+    cfg = _tiny_run_config(tmp_path, task_weights={"vqa": 1.0}, log_every=1, stages=[
+        {"name": "vision", "steps": 2, "train_llm": "frozen", "train_vision": True, "decoder_losses": False,
+         "lm_loss": False, "lr": {"projectors": 1e-3, "llm": 1e-3}},  # the tower trains at the llm rate
+    ])
+    data = yaml.safe_load(cfg.read_text())
+    with pytest.raises(ValueError, match="stage 'vision' has lm_loss and decoder_losses false"):
+        load_config(cfg)  # no dense probe: nothing to train on
+    data["model"]["dense_probe"] = {"labels": len(DENSE_LABELS)}
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    train(cfg, out, max_steps=1)
+    before = _final_weights(out)
+    train(cfg, out, resume=True)
+    after = _final_weights(out)
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["lm"] > 0 and r["dense"] > 0 for r in logs)
+    assert all(r["total"] == pytest.approx(r["dense"]) for r in logs)  # the LM loss is logged, not trained on
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".vision_tower." in k for k in changed) and any(k.startswith("model.dense_probe.") for k in changed), changed
+    assert not any(k.startswith("model.llava.model.language_model.") for k in changed)
+
+
 @pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
     cfg = _tiny_run_config(tmp_path, batch_size=1)
