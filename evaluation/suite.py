@@ -468,13 +468,15 @@ def routing_by_axis(scored: Sequence[Scored]) -> dict[str, float]:
 
 def evaluate_model(model: str = "shapes", split: str = "val", n: int = 50, seed: int = 0,
                    batch_size: int = 16, wording: str = "both",
-                   families: Sequence[str] = FAMILIES) -> dict[str, Any]:
+                   families: Sequence[str] = FAMILIES, teacher_force: bool = False) -> dict[str, Any]:
     """Load `model` (preset name or saved folder) with Pipeline.from_pretrained and score it.
 
     `n` is the total number of scenes over the task `families` (scored once per wording set, see
     `evaluate_pipeline`); scene k of a family is the same whichever families are asked for, so a subset
     at a larger n extends the full suite's scenes of those families. The result also carries `model`,
-    `wording`, `families` (when a subset) and `load_s`.
+    `wording`, `families` (when a subset), `teacher_force` (when set) and `load_s`. With `teacher_force` the
+    model writes each sample's reference answer (`forced_answer_hook`), so decoder metrics are free of the
+    LLM's phrase and routing errors while the link states are still the LLM's own.
     """
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
@@ -483,9 +485,11 @@ def evaluate_model(model: str = "shapes", split: str = "val", n: int = 50, seed:
     pipe = Pipeline.from_pretrained(model)
     load_s = time.perf_counter() - t0
     result = evaluate_pipeline(pipe, split=split, n=n, seed=seed, batch_size=batch_size, wording=wording,
-                               families=tuple(families))
+                               families=tuple(families), teacher_force=teacher_force)
     subset = {"families": list(families)} if tuple(families) != FAMILIES else {}
-    return {**result, "model": str(model), "split": split, "wording": wording, **subset, "load_s": round(load_s, 1)}
+    forced = {"teacher_force": True} if teacher_force else {}
+    return {**result, "model": str(model), "split": split, "wording": wording, **subset, **forced,
+            "load_s": round(load_s, 1)}
 
 
 def _round(v: float | None) -> float | None:

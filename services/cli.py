@@ -143,6 +143,9 @@ def evaluate(
         "scenes worded as training never words them) or both")] = "both",
     families: Annotated[str | None, typer.Option(
         help="comma-separated task families to score (default: all); n is then dealt over these alone")] = None,
+    teacher_force: Annotated[bool, typer.Option(
+        "--teacher-force", help="the model writes the reference answers (its link states then come from the right "
+        "phrases): decoder metrics without the LLM's wording or phrase errors")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="last line is one JSON object")] = False,
 ) -> None:
     """Score a model on ShapesWorld with every task metric."""
@@ -156,7 +159,7 @@ def evaluate(
         raise typer.Exit(2)
     chosen = {} if families is None else {"families": [f.strip() for f in families.split(",") if f.strip()]}
     try:
-        result = evaluate_model(model=model, split=split, n=n, wording=wording, **chosen)
+        result = evaluate_model(model=model, split=split, n=n, wording=wording, teacher_force=teacher_force, **chosen)
     except ValueError as err:
         typer.echo(f"superlink eval: {err}", err=True)
         raise typer.Exit(2) from None

@@ -188,3 +188,17 @@ def test_eval_cli_scores_a_subset_of_families_and_refuses_unknown_ones():
     assert payload["vqa_acc"] is not None and payload["det_ap"] is None  # only the asked families are scored
     bad = CliRunner().invoke(app, ["eval", "--model", "tiny", "--n", "4", "--families", "detections"])
     assert bad.exit_code == 2 and "unknown task families ['detections']" in bad.output
+
+
+def test_eval_cli_teacher_force_scores_the_reference_answers():
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    args = ["eval", "--model", "tiny", "--n", "4", "--wording", "template", "--families", "vqa", "--json"]
+    forced = CliRunner().invoke(app, [*args, "--teacher-force"])
+    assert forced.exit_code == 0, forced.output
+    payload = json.loads(forced.output.strip().splitlines()[-1])
+    assert payload["teacher_force"] is True and payload["vqa_acc"] == 1.0  # the untrained model writes the answers
+    free = json.loads(CliRunner().invoke(app, args).output.strip().splitlines()[-1])
+    assert "teacher_force" not in free and free["vqa_acc"] < 1.0
