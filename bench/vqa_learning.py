@@ -41,15 +41,15 @@ from torch import nn  # noqa: E402
 import shapesworld.tasks as tasks  # noqa: E402
 from mllm.modeling import SuperLinkModel  # noqa: E402
 from router.config import load_config  # noqa: E402
-from router.loss import collate, dense_targets, model_inputs  # noqa: E402
+from router.loss import collate, dense_probe_loss, dense_targets, model_inputs  # noqa: E402
 from router.system import build_system  # noqa: E402
 from shapesworld.constants import COLORS, KINDS  # noqa: E402
 from shapesworld.scene import DENSE_LABELS, sample_scene  # noqa: E402
-from training.train import build_optimizer, build_scheduler, set_trainable  # noqa: E402
+from training.train import build_optimizer, build_scheduler, is_connector, set_trainable  # noqa: E402
 
 TYPES = ("count", "exists", "side", "height", "shape", "color")
 ANSWERS = (*tasks.NUMBERS, "yes", "no", "left", "right", "top", "bottom", *KINDS, *COLORS)
-VAL_SEED, VAL_ONE_SEED, TRAIN_SEED = 999, 998, 1
+VAL_SEED, VAL_ONE_SEED, TRAIN_SEED, PRETRAIN_SEED = 999, 998, 1, 2
 BALANCE = {"count": .35, "exists": .17, "side": .17, "height": .15, "shape": .10, "color": .09}  # val shares
 
 
@@ -137,7 +137,7 @@ class ControlledImages:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/shapes.yaml")
-    ap.add_argument("--image", choices=("vision", "oracle", "scene", "answer"), default="vision")
+    ap.add_argument("--image", choices=("vision", "probe", "oracle", "scene", "answer"), default="vision")
     ap.add_argument("--types", default=",".join(TYPES), help="answer types trained on (comma-separated)")
     ap.add_argument("--schedule", default="", help="until:type+type,... before --types applies")
     ap.add_argument("--max-objects", type=int, default=None)
@@ -148,6 +148,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--val", type=int, default=512, help="val questions (plus 128 on one-object scenes)")
+    ap.add_argument("--pretrain-dense", type=int, default=0, metavar="N",
+                    help="first N steps train the tower, projector and model.dense_probe on the dense labels alone")
+    ap.add_argument("--freeze-image", action="store_true",
+                    help="after --pretrain-dense, keep the tower, connector and probe fixed (the LLM alone learns)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     types = set(args.types.split(","))
@@ -157,10 +161,19 @@ def main() -> None:
 
     cfg = load_config(args.config)
     batch = args.batch or cfg.training.batch_size
+    probe = cfg.model.dense_probe
+    if args.pretrain_dense and (probe is None or args.image not in ("vision", "probe")):
+        raise SystemExit("--pretrain-dense needs --image vision or probe and a config with model.dense_probe")
+    if args.image == "probe" and not (args.pretrain_dense and args.freeze_image):
+        raise SystemExit("--image probe needs --pretrain-dense N and --freeze-image (it reads a trained, fixed probe)")
+    if args.freeze_image and not args.pretrain_dense:
+        raise SystemExit("--freeze-image needs --pretrain-dense N (a from-scratch tower kept fixed sees nothing)")
     torch.manual_seed(0)
     system, processor = build_system(cfg, decoders=[])
     images = None
-    if args.image != "vision":
+    if args.image == "probe":
+        system.model.controlled_images = nn.Linear(probe.labels, cfg.model.text.hidden_size)  # group "llm"
+    if args.image not in ("vision", "probe"):
         images = ControlledImages(args.image, processor, cfg.model.vision.image_size // cfg.model.vision.patch_size)
         system.model.controlled_images = nn.Linear(images.width, cfg.model.text.hidden_size)  # group "llm"
         SuperLinkModel.encode_images = lambda self, pixel_values: images.encode(self, pixel_values)
@@ -202,19 +215,44 @@ def main() -> None:
         every = [x for v in hits.values() for x in v]
         return round(float(np.mean(every)), 3), {t: round(float(np.mean(v)), 3) for t, v in sorted(hits.items())}
 
+    if args.image == "probe":  # image tokens: a learned linear map of the fixed probe's per-patch predictions
+        encode = SuperLinkModel.encode_images
+
+        def probe_tokens(self, pixel_values):
+            with torch.no_grad():
+                _, tokens = encode(self, pixel_values)
+                labels = torch.sigmoid(self.dense_probe(tokens))  # (N_img, P, L)
+            return labels, self.controlled_images(labels)
+
     t0, losses, history = time.perf_counter(), [], []
     result: dict = {}
-    for step in range(args.steps):
+    for step in range(-args.pretrain_dense, args.steps):
+        if step == 0 and args.freeze_image:  # the image side is fixed from here on
+            for name, p in system.model.named_parameters():
+                if ".vision_tower." in name or is_connector("model." + name) or name.startswith("dense_probe."):
+                    p.requires_grad_(False)
+            probe = None  # no probe loss on a fixed image side
+            if args.image == "probe":
+                SuperLinkModel.encode_images = probe_tokens
         allowed = next((ts for until, ts in schedule if step < until), types)
-        samples = questions.draw(TRAIN_SEED, step, batch, allowed, args.balanced, args.max_objects)
+        seed = TRAIN_SEED if step >= 0 else PRETRAIN_SEED  # pre-training scenes are their own draw
+        samples = questions.draw(seed, abs(step), batch, allowed, args.balanced, args.max_objects)
         if images is not None:
             images.register(samples)
-        loss = system.model(**model_inputs(collate(processor, samples).inputs)).loss
+        out = system.model(**model_inputs(collate(processor, samples).inputs))
+        # With model.dense_probe the image tokens are also supervised per patch (router.loss.dense_probe_loss);
+        # during --pretrain-dense (negative steps) that is the only loss.
+        dense = dense_probe_loss(system.model, out.image_features, samples) if probe is not None and images is None else None
+        loss = probe.weight * dense if step < 0 else out.loss if dense is None else out.loss + probe.weight * dense
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm or 1.0)
         opt.step()
         sched.step()
+        if step < 0:
+            if (step + 1) % args.eval_every == 0:
+                print(f"pretrain-dense step {step + 1 + args.pretrain_dense} probe loss {float(dense.detach()):.3f}", flush=True)
+            continue
         losses.append(float(loss.detach()))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             acc, per = score(val)
@@ -224,7 +262,9 @@ def main() -> None:
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
             result = {"steps": step + 1, "acc": acc, "acc_by_type": per, "acc_one_object": one}
     result.update({"config": args.config, "image": args.image, "types": sorted(types), "schedule": args.schedule,
-                   "max_objects": args.max_objects, "balanced": args.balanced, "batch": batch, "lr": args.lr,
+                   "max_objects": args.max_objects, "balanced": args.balanced,
+                   "pretrain_dense": args.pretrain_dense, "freeze_image": args.freeze_image,
+                   "dense_probe": cfg.model.dense_probe is not None and images is None, "batch": batch, "lr": args.lr,
                    "prior": prior, "prior_by_type": prior_by_type, "train_s": round(time.perf_counter() - t0, 1),
                    "history": history})
     if args.json:

@@ -44,3 +44,43 @@ def test_runs_with_oracle_tokens_and_prints_the_result():
     assert result["steps"] == 4 and [h["step"] for h in result["history"]] == [2, 4]
     assert 0.0 <= result["acc"] <= 1.0 and 0.0 < result["prior"] <= 1.0
     assert set(result["prior_by_type"]) <= set(vqa_learning.TYPES)
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "bench/vqa_learning.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                                            "PATH": "/usr/bin:/bin"})
+
+
+def test_pretrain_dense_trains_the_probe_first_and_reports_it(tmp_path):
+    import yaml
+
+    from shapesworld.scene import DENSE_LABELS
+
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg["model"]["dense_probe"] = {"labels": len(DENSE_LABELS), "weight": 1.0}
+    path = tmp_path / "tiny_probe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = _run(["--config", str(path), "--image", "vision", "--pretrain-dense", "4", "--steps", "2",
+                 "--eval-every", "2", "--val", "32", "--json"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    probe_lines = [ln for ln in lines if ln.startswith("pretrain-dense step")]
+    assert [ln.split()[2] for ln in probe_lines] == ["2", "4"]  # printed every --eval-every pre-training steps
+    assert all(float(ln.split()[-1]) > 0 for ln in probe_lines)
+    result = json.loads(lines[-1])
+    assert result["pretrain_dense"] == 4 and result["dense_probe"] is True and result["steps"] == 2
+    # the LLM alone then learns from a learned map of the fixed probe's predictions
+    done = _run(["--config", str(path), "--image", "probe", "--freeze-image", "--pretrain-dense", "2", "--steps", "2",
+                 "--eval-every", "2", "--val", "32", "--json"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["image"] == "probe" and result["freeze_image"] is True and result["steps"] == 2
+
+
+def test_pretrain_dense_without_a_probe_is_refused():
+    done = _run(["--config", "configs/tiny.yaml", "--pretrain-dense", "4", "--steps", "2", "--json"])
+    assert done.returncode != 0
+    assert "--pretrain-dense needs --image vision or probe and a config with model.dense_probe" in done.stderr
+    done = _run(["--config", "configs/tiny.yaml", "--image", "probe", "--steps", "2", "--json"])
+    assert done.returncode != 0 and "--image probe needs --pretrain-dense N and --freeze-image" in done.stderr
