@@ -38,7 +38,6 @@ def url(tiny_dir):
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     quarter = {"ray_actor_options": {"num_cpus": 0.25}, "health_check_period_s": 1.0}
     batched = {**quarter, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}}
     config = {
@@ -50,7 +49,8 @@ def url(tiny_dir):
         "decoders": {"detector": batched, "generator": batched},
         "http": {"request_timeout_s": 60},
     }
-    try:
+    try:  # a failed start (e.g. the proxy not ready in time on a loaded machine) still shuts Ray down
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name="superlink", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:

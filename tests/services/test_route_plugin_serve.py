@@ -50,7 +50,6 @@ def url(count_dir):
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {
         "model": str(count_dir),
         "engine_factory": "tests.plugins.count_serving:scripted_engine",
@@ -58,7 +57,8 @@ def url(count_dir):
         "ingress": {"ray_actor_options": {"num_cpus": 0.1}},
         "http": {"request_timeout_s": 60},
     }  # no `decoders:` section: one default deployment per decoder the routes need (detector, counter)
-    try:
+    try:  # a failed start (e.g. the proxy not ready in time on a loaded machine) still shuts Ray down
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name="superlink", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
