@@ -1,7 +1,8 @@
 """What stops the LLM learning VQA? Short VQA-only runs with controlled image tokens and question types.
 
-    python bench/vqa_learning.py [--image vision|oracle|scene|answer] [--types color,shape] [--steps 1500]
-                                 [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced] [--json]
+    python bench/vqa_learning.py [--image vision|probe|oracle|scene|answer] [--types color,shape] [--steps 1500]
+                                 [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
+                                 [--pretrain-dense 800] [--freeze-image] [--json]
 
 Trains the config's SuperLink model (no decoders) on ShapesWorld VQA alone, the LM loss at one learning
 rate for every group (constant after a linear warm-up), and every --eval-every steps scores the exact
@@ -10,6 +11,8 @@ on one-object scenes. Teacher forcing makes a point cost one forward pass; `supe
 
 What the image tokens are (--image):
   vision  the model's own vision tower and projector, as in training
+  probe   a learned linear map of the model's fixed dense probe's per-patch predictions (needs
+          --pretrain-dense and --freeze-image)
   oracle  a learned linear map of ShapesWorld's exact per-patch labels (kind and colour coverage, centres;
           `Scene.dense_labels()` pooled to the patch grid): perfect per-patch perception
   scene   the same labels averaged over the whole image, in every token: no need to find the object
@@ -17,6 +20,9 @@ What the image tokens are (--image):
 Answer types: count, exists, side, height, shape, color (read off the answer word). --types keeps only
 some in training (val keeps all); --schedule widens them by step (`until:type+type,...`, then --types);
 --max-objects caps training scenes; --balanced rejection-samples training questions towards equal types.
+With a config that has model.dense_probe, its per-patch loss is added to the LM loss (vision only);
+--pretrain-dense N first trains the tower, connector and probe N steps on that loss alone, and
+--freeze-image keeps them fixed afterwards, so only the LLM learns the questions.
 The prior is the share of val questions whose answer is their type's most frequent answer. With --json
 the last line is one JSON object: steps, acc, acc_by_type, acc_one_object, prior, prior_by_type, history.
 """
