@@ -1,0 +1,130 @@
+"""Teacher decoders, then links aligned to them (VisionLLM v2's staged recipe), measured on the perception routes.
+
+    python bench/aligned_links.py teacher --routes DET,SEG,GRD [--budget-cpu-min 20 | --steps N] --out DIR [--json]
+    python bench/aligned_links.py align --model shapes --teacher DIR [--teacher DIR2] [--steps 600]
+                                      [--train-llm] [--scenes 200] [--export OUT] [--json]
+
+`teacher` trains the routes' decoders from scratch on phrase-encoder conditioning
+(`training.teacher.train_teacher`; routes that share a decoder in the config share it here) and scores each
+route through the real pipeline with the reference answers (as `bench/specialists.py` does), then saves it.
+
+`align` loads a trained model, puts the teachers' decoders in place of its own and fits the routes'
+projectors (with --train-llm the LLM and its queries as well, LM loss kept) to map the LLM's link states
+onto the frozen teacher encoders' vectors for the same phrases (`training.teacher.align_links`). It then
+scores each route's family on --scenes val scenes, generated and teacher-forced, and --export writes the
+aligned model as a loadable folder.
+
+With --json the last line is one JSON object (per route: steps, the metrics; for align: alignment cosine,
+generated and forced metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as a script: import from the repository root, not bench/ (bench/decoders.py)
+    root = str(Path(__file__).resolve().parent.parent)
+    sys.path[:] = [root] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from evaluation.suite import evaluate_pipeline  # noqa: E402
+from router.config import load_config  # noqa: E402
+from router.pipeline import Pipeline  # noqa: E402
+from training.specialists import DECODER_TASKS  # noqa: E402
+from training.teacher import PERCEPTION, Teacher, align_links, train_teacher  # noqa: E402
+
+KEYS = {"DET": ("det_ap", "det_ap50", "det_ap_agnostic", "phrase_acc"), "SEG": ("seg_ap", "phrase_acc"),
+        "GRD": ("grd_acc50",), "POSE": ("pose_ap", "phrase_acc")}
+
+
+def routes_arg(text: str) -> tuple[str, ...]:
+    routes = tuple(r.strip().upper() for r in text.split(",") if r.strip())
+    bad = [r for r in routes if r not in PERCEPTION]
+    if bad or not routes:
+        raise argparse.ArgumentTypeError(f"unknown routes {bad or text!r}; accepted: {', '.join(PERCEPTION)}")
+    return routes
+
+
+def cmd_teacher(args: argparse.Namespace) -> dict:
+    cfg = load_config(args.config)
+    budget = None if args.budget_cpu_min is None else args.budget_cpu_min * 60
+    steps = args.steps if budget is None else None
+    teacher = train_teacher(cfg, args.routes, budget_s=budget, steps=steps, seed=args.seed, clock="cpu",
+                            log=lambda m: print(m, flush=True))
+    teacher.save(args.out)
+    result: dict = {"routes": list(args.routes), "steps": teacher.steps, "train_s": teacher.train_s, "out": args.out}
+    for r in args.routes:
+        result[r] = teacher.evaluate(r, n=args.n)
+        print(f"{r}: {result[r]}", flush=True)
+    return result
+
+
+def cmd_align(args: argparse.Namespace) -> dict:
+    pipe = Pipeline.from_pretrained(args.model)
+    result: dict = {"model": args.model, "teachers": args.teacher, "steps": args.steps, "train_llm": args.train_llm,
+                    "scenes": args.scenes}
+    try:
+        for path in args.teacher:
+            teacher = Teacher.load(path, pipe.config)
+            out = align_links(pipe, teacher, args.steps, lr=args.lr, seed=args.seed, train_llm=args.train_llm,
+                              llm_lr=args.llm_lr, log=lambda m: print(m, flush=True))
+            result.setdefault("align", {}).update({r: {"cosine": out.cosine[r], "train_s": out.train_s}
+                                                   for r in teacher.routes})
+        if args.export:
+            pipe.save_pretrained(args.export)
+            result["export"] = args.export
+        routes = [r for path in args.teacher for r in json.loads((Path(path) / "teacher.json").read_text())["routes"]]
+        for r in routes:
+            family = DECODER_TASKS[r]
+            for name, forced in (("generated", False), ("forced", True)):
+                t0 = time.perf_counter()
+                m = evaluate_pipeline(pipe, n=args.scenes, families=(family,), teacher_force=forced, wording="template")
+                result.setdefault(r, {})[name] = {k: m.get(k) for k in KEYS[r]}
+                print(f"{r} {name}: {result[r][name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    finally:
+        pipe.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("teacher", help="train teacher decoders on phrase-encoder conditioning")
+    t.add_argument("--config", default="configs/shapes.yaml")
+    t.add_argument("--routes", type=routes_arg, default=("DET", "SEG", "GRD"))
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--budget-cpu-min", type=float, default=None)
+    budget.add_argument("--steps", type=int, default=None)
+    t.add_argument("--n", type=int, default=500, help="val scenes in total, as `superlink eval --n`")
+    t.add_argument("--out", required=True)
+    a = sub.add_parser("align", help="align a model's links to teachers and score it")
+    a.add_argument("--model", default="shapes")
+    a.add_argument("--teacher", action="append", required=True, help="a teacher folder (repeatable)")
+    a.add_argument("--steps", type=int, default=600, help="alignment steps per teacher")
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--train-llm", action="store_true")
+    a.add_argument("--llm-lr", type=float, default=1e-4)
+    a.add_argument("--scenes", type=int, default=200, help="val scenes per route's family")
+    a.add_argument("--export", default=None, help="save the aligned model here")
+    for p in (t, a):
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.cmd == "teacher" and args.budget_cpu_min is None and args.steps is None:
+        args.budget_cpu_min = 3.0
+    torch.set_num_threads(args.threads)
+    result = cmd_teacher(args) if args.cmd == "teacher" else cmd_align(args)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Teacher decoders and link alignment (training/teacher.py, bench/aligned_links.py) on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from router.pipeline import Pipeline
+from training.teacher import Teacher, align_links, build_teacher, install_decoders, link_texts, train_teacher
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_routes_on_one_decoder_share_it_and_their_encoder_by_kind(tiny_config):
+    teacher = build_teacher(tiny_config, ("DET", "SEG", "GRD"))
+    assert list(teacher.system.decoders) == ["detector"]
+    assert sorted(teacher.encoders) == ["detector_attn", "detector_mean"]
+    assert teacher.encoder("DET") is teacher.encoder("SEG") is not teacher.encoder("GRD")
+    pose = build_teacher(tiny_config, ("POSE",))
+    assert list(pose.system.decoders) == ["keypoints"] and list(pose.encoders) == ["keypoints_mean"]
+    with pytest.raises(ValueError, match="not perception routes"):
+        build_teacher(tiny_config, ("GEN",))
+
+
+def test_teacher_trains_every_route_and_round_trips(tiny_config, tmp_path):
+    before = build_teacher(tiny_config, ("DET", "GRD"))
+    teacher = train_teacher(tiny_config, ("DET", "GRD"), steps=4, clock="wall")
+    assert teacher.steps == 4 and [len(teacher.losses[r]) for r in ("DET", "GRD")] == [2, 2]
+    assert all(math.isfinite(v) for vs in teacher.losses.values() for v in vs)
+    # both encoders learned words, and the shared detector moved
+    assert teacher.encoder("DET").vocab and teacher.encoder("GRD").vocab
+    w0 = before.system.decoders["detector"].state_dict()
+    w1 = teacher.system.decoders["detector"].state_dict()
+    assert any(not torch.equal(w0[k], w1[k]) for k in w1 if w1[k].is_floating_point())
+
+    teacher.save(tmp_path / "t")
+    again = Teacher.load(tmp_path / "t")
+    assert again.routes == ("DET", "GRD") and again.steps == 4
+    for k, v in teacher.system.decoders.state_dict().items():
+        assert torch.equal(v, again.system.decoders.state_dict()[k]), k
+    texts = ["red circle", "the star left of the square", "a word never seen"]
+    for r in ("DET", "GRD"):
+        assert torch.equal(teacher.targets(r, texts), again.targets(r, texts))
+    with pytest.raises(FileNotFoundError, match="not a teacher folder"):
+        Teacher.load(tmp_path)
+
+
+def test_alignment_installs_the_teacher_and_fits_the_projector_only():
+    pipe = Pipeline.from_pretrained("tiny")
+    try:
+        teacher = train_teacher(pipe.config, ("DET",), steps=2, clock="wall")
+        llm = {k: v.clone() for k, v in pipe.system.model.state_dict().items()}
+        proj = {k: v.clone() for k, v in pipe.system.projectors["DET"].state_dict().items()}
+        out = align_links(pipe, teacher, steps=40, lr=1e-2, warmup=1)
+        # the decoder is the teacher's, the MLLM did not move, the projector did, and its MSE fell
+        for k, v in teacher.system.decoders["detector"].state_dict().items():
+            assert torch.equal(pipe.system.decoders["detector"].state_dict()[k], v), k
+        assert all(torch.equal(v, pipe.system.model.state_dict()[k]) for k, v in llm.items())
+        assert any(not torch.equal(v, pipe.system.projectors["DET"].state_dict()[k]) for k, v in proj.items())
+        mse = out.mse["DET"]
+        assert len(mse) == 40 and np.mean(mse[-10:]) < 0.9 * np.mean(mse[:5]), mse
+        assert out.cosine["DET"] > 0.3
+    finally:
+        pipe.close()
+
+
+def test_alignment_can_train_the_llm_but_not_the_vision_tower():
+    pipe = Pipeline.from_pretrained("tiny")
+    try:
+        teacher = train_teacher(pipe.config, ("SEG",), steps=1, clock="wall")
+        model = pipe.system.model
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        align_links(pipe, teacher, steps=2, train_llm=True, llm_lr=1e-3, warmup=1)
+        moved = {k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])}
+        assert any("language_model" in k for k in moved), sorted(moved)[:5]
+        assert not any("vision_tower" in k or "multi_modal_projector" in k for k in moved), sorted(moved)[:5]
+    finally:
+        pipe.close()
+
+
+def test_link_texts_follow_the_link_groups(tiny_config):
+    from shapesworld.tasks import make_sample
+
+    rng = np.random.default_rng(0)
+    samples = [make_sample("detection", rng, 128, tiny_config.model.vocab.location_bins) for _ in range(3)]
+    index = torch.tensor([[r, 0] for r, s in enumerate(samples) for t in s.targets if t.route == "DET"])
+    assert link_texts(samples, "DET", index) == [t.phrase for s in samples for t in s.targets if t.route == "DET"]
+
+
+def test_install_refuses_a_system_without_the_decoder(tiny_config):
+    teacher = build_teacher(tiny_config, ("POSE",))
+    det_only = build_teacher(tiny_config, ("DET",))
+    with pytest.raises(ValueError, match="no decoder 'keypoints'"):
+        install_decoders(det_only.system, teacher)
+
+
+def test_bench_teacher_then_align_exports_a_loadable_model(tmp_path):
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "bench/aligned_links.py", *args, "--json"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    t = run("teacher", "--config", "tiny", "--routes", "DET", "--steps", "2", "--n", "11", "--out", str(tmp_path / "t"))
+    assert t["steps"] == 2 and set(t["DET"]) >= {"det_ap", "det_ap50"}
+    a = run("align", "--model", "tiny", "--teacher", str(tmp_path / "t"), "--steps", "2", "--scenes", "2",
+            "--export", str(tmp_path / "m"))
+    assert a["DET"]["forced"]["phrase_acc"] == 1.0 and -1.0 <= a["align"]["DET"]["cosine"] <= 1.0
+    pipe = Pipeline.from_pretrained(tmp_path / "m")
+    pipe.close()

@@ -1,0 +1,281 @@
+"""Teacher decoders and link alignment: VisionLLM v2's staged recipe for the perception links.
+
+VisionLLM v2 trains a decoder on a frozen text encoder's features first and only then pulls the
+LLM's mapped link states towards those features. Here the "text encoder" is a `PhraseEncoder` trained
+together with the decoder (a decoder specialist, `training.specialists`) and then frozen:
+
+1. `train_teacher(cfg, ("DET", "SEG", "GRD"))`: the routes' decoders as configured (routes that share a
+   decoder share it here too) trained on their ShapesWorld tasks, conditioned on the reference phrase
+   through phrase encoders, one per (decoder, encoder kind): [DET] and [SEG] read the same category
+   phrases through one "mean" encoder, [GRD]'s referring expressions go through an "attn" one.
+2. `align_links(pipe, teacher)`: the teacher's decoders replace the model's, and the routes' projectors
+   (optionally the LLM and the queries too) learn to map the LLM's link states onto the frozen encoder's
+   vectors for the same phrase (MSE on teacher-forced training samples). The decoders never see a
+   link vector that was not shaped like the conditioning they were trained on.
+
+    teacher = train_teacher(cfg, ("DET", "SEG", "GRD"), budget_s=1200, clock="cpu")
+    teacher.save("runs/teacher_det")
+    pipe = Pipeline.from_pretrained("shapes")
+    align_links(pipe, Teacher.load("runs/teacher_det"), steps=600)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from router.bindings import SuperLinkSystem, default_bindings
+from router.config import StageConfig, SuperLinkConfig, load_config
+from router.loss import collate, decoder_loss, model_inputs, route_targets
+from router.system import build_system
+from training.specialists import (
+    CLOCKS,
+    DECODER_TASKS,
+    DEFAULT_ENCODER,
+    PhraseEncoder,
+    Specialist,
+    conditioning_text,
+    evaluate_decoder_specialist,
+    identity_projector,
+    task_samples,
+)
+from training.train import build_scheduler, is_connector
+
+PERCEPTION = ("DET", "SEG", "GRD", "POSE")  # the routes a teacher can train (category or referring phrases)
+TEACHER_FILE, ENCODERS_FILE, META_FILE = "decoders.safetensors", "encoders.safetensors", "teacher.json"
+
+
+def encoder_key(system: SuperLinkSystem, route: str, mode: str) -> str:
+    """Routes on one decoder with one encoder kind share the encoder ("detector_mean")."""
+    return f"{system.binding(route).decoder}_{mode}"
+
+
+@dataclass
+class Teacher:
+    """Decoders trained on phrase-encoder conditioning, and the (then frozen) encoders."""
+
+    cfg: SuperLinkConfig
+    routes: tuple[str, ...]
+    system: SuperLinkSystem  # the routes' decoders, identity projectors, no MLLM
+    encoders: dict[str, PhraseEncoder]  # encoder_key -> encoder
+    modes: dict[str, str]  # route -> encoder kind
+    steps: int = 0
+    train_s: float = 0.0
+    losses: dict[str, list[float]] = field(default_factory=dict)  # route -> loss per step of that route
+
+    def encoder(self, route: str) -> PhraseEncoder:
+        return self.encoders[encoder_key(self.system, route, self.modes[route])]
+
+    @torch.no_grad()
+    def targets(self, route: str, texts: Sequence[str]) -> torch.Tensor:
+        """The frozen encoder's (N, Q, C) link vectors for `texts` (what the aligned projector must give)."""
+        enc = self.encoder(route)
+        enc.eval()
+        return enc(list(texts))
+
+    def specialist(self, route: str) -> Specialist:
+        """The route as a decoder specialist (for `training.specialists.evaluate_decoder_specialist`)."""
+        return Specialist(route, DECODER_TASKS[route], self.cfg, self.system, encoder=self.encoder(route),
+                          steps=self.steps, train_s=self.train_s)
+
+    def evaluate(self, route: str, n: int = 500, split: str = "val", seed: int = 0) -> dict[str, Any]:
+        self.system.eval()
+        return evaluate_decoder_specialist(self.specialist(route), split=split, n=n, seed=seed)
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(self, out: str | Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(self.system.decoders, str(out / TEACHER_FILE))
+        save_model(nn.ModuleDict(self.encoders), str(out / ENCODERS_FILE))
+        meta = {"routes": list(self.routes), "modes": self.modes, "steps": self.steps, "train_s": self.train_s,
+                "vocab": {key: e.vocab for key, e in self.encoders.items()},
+                "loss_last100": {r: float(np.mean(v[-100:])) for r, v in self.losses.items() if v}}
+        (out / META_FILE).write_text(json.dumps(meta, indent=1))
+        (out / "superlink.yaml").write_text(self.cfg_yaml())
+        return out
+
+    def cfg_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def load(cls, path: str | Path, cfg: SuperLinkConfig | None = None) -> Teacher:
+        path = Path(path)
+        if not (path / META_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a teacher folder (no {META_FILE}); write one with Teacher.save")
+        meta = json.loads((path / META_FILE).read_text())
+        cfg = cfg or load_config(path / "superlink.yaml")
+        teacher = build_teacher(cfg, tuple(meta["routes"]), meta["modes"])
+        load_model(teacher.system.decoders, str(path / TEACHER_FILE))
+        load_model(nn.ModuleDict(teacher.encoders), str(path / ENCODERS_FILE))
+        for key, e in teacher.encoders.items():
+            e.vocab = dict(meta["vocab"][key])
+        teacher.steps, teacher.train_s = int(meta["steps"]), float(meta["train_s"])
+        return teacher
+
+
+def build_teacher(cfg: SuperLinkConfig, routes: Sequence[str], modes: dict[str, str] | None = None) -> Teacher:
+    """The routes' decoders as the config builds them, identity projectors, and their phrase encoders."""
+    bad = [r for r in routes if r not in PERCEPTION or r not in cfg.model.routes]
+    if bad or not routes:
+        raise ValueError(f"teacher routes {list(bad or routes)} are not perception routes of the model; "
+                         f"accepted: {', '.join(r for r in PERCEPTION if r in cfg.model.routes)}")
+    table = default_bindings()
+    bindings = {r: table[r] for r in routes}
+    system, _ = build_system(cfg, bindings=bindings, decoders=sorted({b.decoder for b in bindings.values()}),
+                             with_model=False)
+    modes = {r: (modes or {}).get(r, DEFAULT_ENCODER[r]) for r in routes}
+    encoders: dict[str, PhraseEncoder] = {}
+    for r in routes:
+        dim = int(system.decoder_for(r).link_dim)
+        system.projectors[r] = identity_projector(dim)
+        key = encoder_key(system, r, modes[r])
+        if key in encoders and encoders[key].query_embed.shape[0] != cfg.model.routes[r]:
+            raise ValueError(f"routes sharing encoder {key} have different query counts")
+        encoders.setdefault(key, PhraseEncoder(cfg.model.routes[r], dim, modes[r]))
+    return Teacher(cfg, tuple(routes), system, encoders, modes)
+
+
+def train_teacher(cfg: SuperLinkConfig, routes: Sequence[str], budget_s: float | None = None,
+                  steps: int | None = None, seed: int = 0, modes: dict[str, str] | None = None,
+                  lr: float = 6e-4, encoder_lr: float = 1e-3, warmup: int = 200, clock: str = "cpu",
+                  log: Callable[[str], None] | None = None) -> Teacher:
+    """AdamW on the decoders and encoders; step k trains on a batch of route routes[k % len(routes)]'s task
+    (batches as `training.specialists.task_samples`, so a one-route teacher sees a specialist's batches)."""
+    if budget_s is None and steps is None:
+        raise ValueError("give a time budget (budget_s) or a number of steps")
+    torch.manual_seed(seed)
+    teacher = build_teacher(cfg, routes, modes)
+    teacher.system.train()
+    params = [p for m in [teacher.system.decoders, *teacher.encoders.values()] for p in m.parameters()
+              if p.requires_grad]
+    dec = [p for p in teacher.system.decoders.parameters() if p.requires_grad]
+    enc = [p for e in teacher.encoders.values() for p in e.parameters()]
+    opt = torch.optim.AdamW([{"params": dec, "lr": lr}, {"params": enc, "lr": encoder_lr}],
+                            weight_decay=cfg.training.weight_decay)
+    sched = build_scheduler(opt, StageConfig(name="teacher", steps=1, warmup_steps=warmup, lr={}))
+    clip, now = cfg.training.max_grad_norm, CLOCKS[clock]
+    t0, c0, step = time.perf_counter(), now(), 0
+    teacher.losses = {r: [] for r in routes}
+    while (steps is None or step < steps) and (budget_s is None or now() - c0 < budget_s):
+        route = routes[step % len(routes)]
+        torch.manual_seed(seed * 1_000_003 + step)
+        samples = task_samples(cfg, DECODER_TASKS[route], step // len(routes), seed)
+        enc_r = teacher.encoder(route)
+        enc_r.train()
+        rows, targets, texts = [], [], []
+        for i, s in enumerate(samples):
+            for t in s.targets:
+                if t.route == route:
+                    rows.append(i)
+                    targets.append(t)
+                    texts.append(conditioning_text(route, s, t.phrase))
+        loss = decoder_loss(teacher.system, route, enc_r(texts), rows, targets, [s.image for s in samples])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip)
+        opt.step()
+        sched.step()
+        teacher.losses[route].append(float(loss.detach()))
+        step += 1
+        if log and step % 200 == 0:
+            parts = " ".join(f"{r} {np.mean(v[-100:]):.3f}" for r, v in teacher.losses.items() if v)
+            log(f"teacher step {step} {parts} ({time.perf_counter() - t0:.0f}s)")
+    teacher.steps, teacher.train_s = step, round(time.perf_counter() - t0, 1)
+    teacher.system.eval()
+    return teacher
+
+
+# ---- link alignment ----------------------------------------------------------------------------------
+def install_decoders(system: SuperLinkSystem, teacher: Teacher) -> list[str]:
+    """Copy the teacher's decoder weights into the system's decoders of the same names; returns the names."""
+    names = []
+    for name, d in teacher.system.decoders.items():
+        if name not in system.decoders:
+            raise ValueError(f"the system has no decoder {name!r} to take the teacher's weights "
+                             f"(it has {sorted(system.decoders)})")
+        system.decoders[name].load_state_dict(d.state_dict())
+        names.append(name)
+    return names
+
+
+@dataclass
+class AlignResult:
+    steps: int
+    train_s: float
+    mse: dict[str, list[float]]  # route -> MSE per step of that route
+    cosine: dict[str, float]  # route -> mean cosine of aligned and target vectors over its last 100 steps
+
+
+def link_texts(samples: Sequence[Any], route: str, index: torch.Tensor) -> list[str]:
+    """The conditioning texts aligned with a route's link-state groups (index rows are row-major)."""
+    rows, targets = route_targets(samples, route, index)
+    return [conditioning_text(route, samples[r], t.phrase) for r, t in zip(rows, targets, strict=True)]
+
+
+def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed: int = 0,
+                train_llm: bool = False, llm_lr: float = 1e-4, lm_weight: float = 1.0, warmup: int = 50,
+                log: Callable[[str], None] | None = None) -> AlignResult:
+    """Install the teacher's decoders in `pipe.system` and fit the routes' projectors so that
+    project(link states) matches the frozen teacher encoder's vectors of the same phrase (MSE over queries).
+
+    train_llm: the LLM and the super-link queries learn too (at llm_lr), with the LM loss (lm_weight) kept in
+    the objective so that the answers do not drift; otherwise the MLLM stays frozen and only projectors move.
+    """
+    system, cfg = pipe.system, pipe.config
+    model = system.model
+    install_decoders(system, teacher)
+    system.eval().requires_grad_(False)
+    projectors = [system.projectors[r] for r in teacher.routes]
+    for p in projectors:
+        p.train().requires_grad_(True)
+    groups = [{"params": [p for m in projectors for p in m.parameters()], "lr": lr}]
+    if train_llm:
+        model.train()
+        for name, p in model.named_parameters():  # the image side stays as it is
+            p.requires_grad_(".vision_tower." not in name and not is_connector(f"model.{name}"))
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": llm_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.training.weight_decay)
+    sched = build_scheduler(opt, StageConfig(name="align", steps=1, warmup_steps=warmup, lr={}))
+    params = [p for g in groups for p in g["params"]]
+    mse: dict[str, list[float]] = {r: [] for r in teacher.routes}
+    cos: dict[str, list[float]] = {r: [] for r in teacher.routes}
+    t0 = time.perf_counter()
+    for step in range(steps):
+        route = teacher.routes[step % len(teacher.routes)]
+        samples = task_samples(cfg, DECODER_TASKS[route], 10_000 + step // len(teacher.routes), seed)
+        with torch.set_grad_enabled(train_llm):
+            out = model(**model_inputs(collate(pipe.processor, samples).inputs))
+        links = out.link_states[route]
+        mapped = system.project(route, links.states)  # (N, Q, C)
+        target = teacher.targets(route, link_texts(samples, route, links.index)).to(mapped)
+        loss = F.mse_loss(mapped, target)
+        total = loss + lm_weight * out.loss if train_llm else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm or 1.0)
+        opt.step()
+        sched.step()
+        mse[route].append(float(loss.detach()))
+        with torch.no_grad():
+            cos[route].append(float(F.cosine_similarity(mapped.mean(1), target.mean(1), dim=-1).mean()))
+        if log and (step + 1) % 100 == 0:
+            parts = " ".join(f"{r} mse {np.mean(mse[r][-50:]):.4f} cos {np.mean(cos[r][-50:]):.3f}"
+                             for r in teacher.routes if mse[r])
+            log(f"align step {step + 1} {parts} ({time.perf_counter() - t0:.0f}s)")
+    system.eval()
+    return AlignResult(steps, round(time.perf_counter() - t0, 1), mse,
+                       {r: round(float(np.mean(v[-100:])), 4) for r, v in cos.items() if v})
