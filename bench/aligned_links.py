@@ -1,6 +1,6 @@
 """Teacher decoders, then links aligned to them (VisionLLM v2's staged recipe), measured on the perception routes.
 
-    python bench/aligned_links.py teacher --routes DET,SEG,GRD [--budget-cpu-min 20 | --steps N] --out DIR [--json]
+    python bench/aligned_links.py teacher --routes DET,SEG,GRD [--budget-cpu-min 20 | --steps N] [--init DIR] --out DIR [--json]
     python bench/aligned_links.py align --model shapes --teacher DIR [--teacher DIR2] [--steps 600]
                                       [--train-llm] [--scenes 200] [--export OUT] [--json]
 
@@ -56,8 +56,9 @@ def cmd_teacher(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config)
     budget = None if args.budget_cpu_min is None else args.budget_cpu_min * 60
     steps = args.steps if budget is None else None
+    init = Teacher.load(args.init, cfg) if args.init else None
     teacher = train_teacher(cfg, args.routes, budget_s=budget, steps=steps, seed=args.seed, clock="cpu",
-                            log=lambda m: print(m, flush=True))
+                            log=lambda m: print(m, flush=True), init=init)
     teacher.save(args.out)
     result: dict = {"routes": list(args.routes), "steps": teacher.steps, "train_s": teacher.train_s, "out": args.out}
     for r in args.routes:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     budget.add_argument("--steps", type=int, default=None)
     t.add_argument("--n", type=int, default=500, help="val scenes in total, as `superlink eval --n`")
     t.add_argument("--out", required=True)
+    t.add_argument("--init", default=None, help="a teacher folder to go on training (the budget counts new steps)")
     a = sub.add_parser("align", help="align a model's links to teachers and score it")
     a.add_argument("--model", default="shapes")
     a.add_argument("--teacher", action="append", required=True, help="a teacher folder (repeatable)")

@@ -130,10 +130,11 @@ class TrainingConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     eval_samples: int = Field(4, ge=1, description="val samples per task scored at each evaluation")
     log_every: int = Field(1, ge=1)
-    wording: Literal["train", "template"] = Field(
+    wording: Literal["train", "template", "noisy"] = Field(
         "train",
         description="instruction wording of training samples: the grammar's training part (shapesworld.grammar; "
-        "its held-out part is for evaluation only) or the fixed template lists",
+        "its held-out part is for evaluation only), the fixed template lists, or 'noisy': the training part "
+        "with pseudo-word fillers that ask for nothing",
     )
 
     @field_validator("data")

@@ -19,6 +19,10 @@ Wording modes:
                 the samples are the template wordings verbatim, so the core mapping is learnt fast
     "heldout"   every instruction uses at least one held-out choice (a verb, noun, politeness frame,
                 connector, word order, casing or typo pattern) and may mix in training ones
+    "noisy"     "train", and FILLER_RATE of the grammar samples get a filler: a prefix or suffix of
+                pseudo-words ("vuto kessa and find the stars", "count the squares, pim lodaru") that asks
+                for nothing, so a model learns that words it does not know add no task. Pseudo-words are
+                random syllables, never a word of the grammar (held-out words included) or a ShapesWorld name
 
 Sampling draws only from a `numpy.random.Generator`, walks lists in a fixed order and never iterates a
 set, so the same generator state gives the same wording in every process, whatever PYTHONHASHSEED.
@@ -34,10 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-WORDINGS: tuple[str, ...] = ("template", "train", "heldout")
+WORDINGS: tuple[str, ...] = ("template", "train", "heldout", "noisy")
+TRAINING = ("train", "noisy")  # grammar modes that never take a held-out choice
 TEMPLATE_SHARE = 0.35  # "train": share of samples worded exactly as a template
 TYPO_RATE = 0.12  # "train": share of grammar samples with one light typo (a few get two)
 HELDOUT_TYPO_RATE = 0.3  # "heldout": share with one typo (half of them of the held-out kind)
+FILLER_RATE = 0.3  # "noisy": share of grammar samples with a pseudo-word filler
 
 # ---- shared productions ---------------------------------------------------------------------------
 SHARED: dict[str, tuple[str, ...]] = {
@@ -340,8 +346,8 @@ class Wording:
 
 class _Sampler:
     def __init__(self, rng: np.random.Generator, mode: str):
-        if mode not in ("train", "heldout"):
-            raise ValueError(f"grammar mode must be 'train' or 'heldout', got {mode!r}")
+        if mode not in (*TRAINING, "heldout"):
+            raise ValueError(f"grammar mode must be one of {', '.join((*TRAINING, 'heldout'))}, got {mode!r}")
         self.rng, self.mode = rng, mode
         self.used: list[str] = []
 
@@ -462,11 +468,11 @@ def render(key: str, rng: np.random.Generator, mode: str, template: str | None =
     `clause_heldout` lists held-out choices already made inside compound clauses (passed in `slots`);
     `templates` are the key's template wordings, the patterns of a key without grammar of its own (polygon).
     """
-    if mode == "train" and template is not None and rng.random() < TEMPLATE_SHARE:
+    if mode in TRAINING and template is not None and rng.random() < TEMPLATE_SHARE:
         return Wording(_unmark(template))
     for _ in range(20):
         w = _render_once(key, rng, mode, clause_heldout, templates, slots)
-        if mode == "train" or w.heldout:
+        if mode in TRAINING or w.heldout:
             return w
     return _render_once(key, rng, mode, clause_heldout, templates, slots, force_casing="title")  # rare: nothing came up
 
@@ -486,6 +492,8 @@ def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: 
     question = text.endswith("?")
     marks = END_MARKS[question]
     text = text[:-1] if question else text
+    if mode == "noisy" and rng.random() < FILLER_RATE:
+        text = _with_filler(text, rng)
     text += marks[s.pick("end", [m for m, _, _ in marks], [h for _, h, _ in marks], [w for *_, w in marks])][0]
     names = [c for c, *_ in CASINGS]
     if force_casing is not None:
@@ -494,12 +502,63 @@ def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: 
     else:
         casing = names[s.pick("casing", names, [h for _, h, _ in CASINGS], [w for *_, w in CASINGS])]
     text = _recase(text, casing)
-    if mode == "train":
+    if mode in TRAINING:
         for _ in range(int(rng.random() < TYPO_RATE) + int(rng.random() < TYPO_RATE / 4)):
             text = _typo(text, s)
     elif rng.random() < HELDOUT_TYPO_RATE:
         text = _typo(text, s, forced="double" if rng.random() < 0.5 else None)
     return Wording(_unmark(text), s.used)
+
+
+# ---- fillers ("noisy") -------------------------------------------------------------------------------
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "kr", "pl", "sn", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "m", "k", "s", "t", "r")
+# where a filler goes: before the request (joined by a comma or "and") or after it (a comma or a space). Not
+# "{r} and {f}": a trailing "and ..." is how a compound request adds its last task, and with that form the
+# model learnt to drop the last clause of compounds (template routing 0.982 -> 0.970, EVAL.md "Fillers")
+FILLER_FORMS: tuple[str, ...] = ("{f}, {r}", "{f} and {r}", "{r}, {f}", "{r} {f}")
+
+
+@functools.cache
+def grammar_words() -> frozenset[str]:
+    """Every word the grammar can write, held-out alternatives included, and every ShapesWorld name."""
+    from shapesworld.constants import COLORS, KINDS
+
+    text: list[str] = []
+
+    def walk(nodes: Sequence[object]) -> None:
+        for n in nodes:
+            if isinstance(n, str):
+                text.append(n)
+            elif isinstance(n, _Alt):
+                for opt in n.options:
+                    walk(opt)
+
+    for name in SHARED:
+        walk((_shared(name),))
+    for key in CORES:
+        for pattern, _, _ in _cores(key):
+            walk(parse(pattern))
+    words = set(re.findall(r"[a-z']+", " ".join(text).lower()))
+    return frozenset(words | set(KINDS) | set(COLORS) | {k + "s" for k in KINDS} | {k + "es" for k in KINDS})
+
+
+def pseudo_word(rng: np.random.Generator) -> str:
+    """Two or three random syllables that are not a word of the grammar."""
+    while True:
+        n = 2 + int(rng.random() < 0.4)
+        word = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
+                       + (_CODAS[int(rng.integers(len(_CODAS)))] if k == n - 1 else "") for k in range(n))
+        if word not in grammar_words():
+            return word
+
+
+def _with_filler(text: str, rng: np.random.Generator) -> str:
+    """`text` with one to three pseudo-words before or after it (slot values and special tokens untouched)."""
+    filler = " ".join(pseudo_word(rng) for _ in range(1 + int(rng.integers(3))))
+    form = FILLER_FORMS[int(rng.integers(len(FILLER_FORMS)))]
+    return form.format(f=filler, r=text)
 
 
 def heldout_words(templates: Mapping[str, Sequence[str]]) -> list[str]:

@@ -151,13 +151,19 @@ def build_teacher(cfg: SuperLinkConfig, routes: Sequence[str], modes: dict[str, 
 def train_teacher(cfg: SuperLinkConfig, routes: Sequence[str], budget_s: float | None = None,
                   steps: int | None = None, seed: int = 0, modes: dict[str, str] | None = None,
                   lr: float = 6e-4, encoder_lr: float = 1e-3, warmup: int = 200, clock: str = "cpu",
-                  log: Callable[[str], None] | None = None) -> Teacher:
+                  log: Callable[[str], None] | None = None, init: Teacher | None = None) -> Teacher:
     """AdamW on the decoders and encoders; step k trains on a batch of route routes[k % len(routes)]'s task
-    (batches as `training.specialists.task_samples`, so a one-route teacher sees a specialist's batches)."""
+    (batches as `training.specialists.task_samples`, so a one-route teacher sees a specialist's batches).
+
+    init: a trained teacher of the same routes to go on training (its weights, a fresh optimizer); step
+    numbers, and so the batches, continue after its `steps`, and `steps`/`budget_s` count the new ones only.
+    """
     if budget_s is None and steps is None:
         raise ValueError("give a time budget (budget_s) or a number of steps")
+    if init is not None and tuple(init.routes) != tuple(routes):
+        raise ValueError(f"the teacher to go on from trains routes {list(init.routes)}, not {list(routes)}")
     torch.manual_seed(seed)
-    teacher = build_teacher(cfg, routes, modes)
+    teacher = build_teacher(cfg, routes, modes) if init is None else init
     teacher.system.train()
     params = [p for m in [teacher.system.decoders, *teacher.encoders.values()] for p in m.parameters()
               if p.requires_grad]
@@ -167,9 +173,11 @@ def train_teacher(cfg: SuperLinkConfig, routes: Sequence[str], budget_s: float |
                             weight_decay=cfg.training.weight_decay)
     sched = build_scheduler(opt, StageConfig(name="teacher", steps=1, warmup_steps=warmup, lr={}))
     clip, now = cfg.training.max_grad_norm, CLOCKS[clock]
-    t0, c0, step = time.perf_counter(), now(), 0
+    start = 0 if init is None else init.steps
+    t0, c0, step = time.perf_counter(), now(), start
+    prior_s = 0.0 if init is None else init.train_s
     teacher.losses = {r: [] for r in routes}
-    while (steps is None or step < steps) and (budget_s is None or now() - c0 < budget_s):
+    while (steps is None or step - start < steps) and (budget_s is None or now() - c0 < budget_s):
         route = routes[step % len(routes)]
         torch.manual_seed(seed * 1_000_003 + step)
         samples = task_samples(cfg, DECODER_TASKS[route], step // len(routes), seed)
@@ -194,7 +202,7 @@ def train_teacher(cfg: SuperLinkConfig, routes: Sequence[str], budget_s: float |
         if log and step % 200 == 0:
             parts = " ".join(f"{r} {np.mean(v[-100:]):.3f}" for r, v in teacher.losses.items() if v)
             log(f"teacher step {step} {parts} ({time.perf_counter() - t0:.0f}s)")
-    teacher.steps, teacher.train_s = step, round(time.perf_counter() - t0, 1)
+    teacher.steps, teacher.train_s = step, round(prior_s + time.perf_counter() - t0, 1)
     teacher.system.eval()
     return teacher
 

@@ -11,6 +11,7 @@ from shapesworld import grammar
 from shapesworld.tasks import TASK_TEMPLATES, TASKS, TEMPLATES, make_sample
 
 N = 24  # samples per task and wording
+TEMPLATES_TEXT = [t for ts in TEMPLATES.values() for t in ts]
 SLOT_WORDS = {"up", "down", "'s"}  # held-out-only in the grammar's literal text, but slot values or suffixes too
 
 
@@ -71,6 +72,25 @@ def test_training_path_draws_from_the_training_grammar(tiny_config):
     assert len({_text(s) for s in samples}) >= 0.7 * len(samples)
 
 
+def test_noisy_wording_adds_pseudo_word_fillers_and_nothing_held_out():
+    held_words = set(grammar.heldout_words(TEMPLATES)) - SLOT_WORDS
+    known = grammar.grammar_words()
+    assert held_words <= known and {"circle", "circles", "red", "spot", "favour"} <= known
+    fillers = 0
+    for task in ("detection", "vqa", "compound", "grounding"):
+        noisy, train = _samples(task, "noisy", 60), _samples(task, "train", 60)
+        for s, t in zip(noisy, train, strict=True):
+            assert (s.answer, s.classes, s.heldout_wording) == (t.answer, t.classes, [])  # the request is the same
+            words = set(re.findall(r"[a-z']+", _text(s).lower()))
+            assert not words & held_words, (task, _text(s))
+            extra = words - set(re.findall(r"[a-z']+", " ".join(TEMPLATES_TEXT).lower())) - known
+            extra -= set(re.findall(r"[a-z']+", " ".join(t.classes or []) + " " + s.answer.lower()))
+            fillers += bool(extra)
+    assert 0.05 * 240 < fillers < 0.45 * 240  # FILLER_RATE of the grammar samples, none of the templates
+    rng = np.random.default_rng(0)
+    assert all(grammar.pseudo_word(rng) not in known for _ in range(500))
+
+
 def test_every_heldout_sample_uses_a_heldout_choice(heldout_samples):
     axes = set()
     for task, samples in heldout_samples.items():
@@ -121,11 +141,13 @@ def test_special_tokens_keep_their_case():
     assert any(t.isupper() or t.istitle() for t in (x.replace("<region>", "") for x in texts))
 
 
-@pytest.mark.parametrize("wording", grammar.WORDINGS)
+@pytest.mark.parametrize("wording", [w for w in grammar.WORDINGS if w != "noisy"])
 def test_class_list_parses_from_every_generated_phrasing(wording, monkeypatch):
     """parse_class_list binds <cls_k> at inference: every typo-free phrasing must give the requested list;
     with typos (anywhere but in the names) it may miss a few. The polygon task's own phrasings are not
-    covered here ("... with 8 points" is read by the polygon work in mllm/localize.py)."""
+    covered here ("... with 8 points" is read by the polygon work in mllm/localize.py). "noisy" is left out:
+    pseudo-words after a list ("find stars and squares, lenuk retromis") read as one more name to any reader,
+    as they could be one; that wording exists to teach a closed-vocabulary model they are not."""
     tasks = ("detection", "segmentation", "native_detection", "keypoints")
     with monkeypatch.context() as m:
         m.setattr(grammar, "TYPO_RATE", 0.0)

@@ -52,6 +52,22 @@ def test_teacher_trains_every_route_and_round_trips(tiny_config, tmp_path):
         Teacher.load(tmp_path)
 
 
+def test_teacher_goes_on_from_a_saved_one(tiny_config, tmp_path):
+    first = train_teacher(tiny_config, ("DET", "GRD"), steps=2, clock="wall")
+    first.save(tmp_path / "t")
+    saved = Teacher.load(tmp_path / "t", tiny_config)
+    w0 = {k: v.clone() for k, v in saved.system.decoders.state_dict().items()}
+    seen: list[int] = []
+    more = train_teacher(tiny_config, ("DET", "GRD"), steps=2, clock="wall", init=saved,
+                         log=lambda m: seen.append(1))
+    assert more.steps == 4 and more.train_s >= first.train_s  # numbering and time go on from the saved teacher
+    assert [len(more.losses[r]) for r in ("DET", "GRD")] == [1, 1]  # the two new steps, one per route
+    w1 = more.system.decoders.state_dict()
+    assert any(not torch.equal(w0[k], w1[k]) for k in w1 if w1[k].is_floating_point())
+    with pytest.raises(ValueError, match="trains routes"):
+        train_teacher(tiny_config, ("DET",), steps=1, clock="wall", init=Teacher.load(tmp_path / "t", tiny_config))
+
+
 def test_alignment_installs_the_teacher_and_fits_the_projector_only():
     pipe = Pipeline.from_pretrained("tiny")
     try:
