@@ -516,7 +516,7 @@ _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "", "n", "m", "k", "s", "t", "r")
 # where a filler goes: before the request (joined by a comma or "and") or after it (a comma or a space). Not
 # "{r} and {f}": a trailing "and ..." is how a compound request adds its last task, and with that form the
-# model learnt to drop the last clause of compounds (template routing 0.982 -> 0.970, EVAL.md "Fillers")
+# model learnt to drop the last clause of compounds (template routing 0.982 -> 0.970, EVAL.md "Fillers and longer teachers")
 FILLER_FORMS: tuple[str, ...] = ("{f}, {r}", "{f} and {r}", "{r}, {f}", "{r} {f}")
 
 
