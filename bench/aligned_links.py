@@ -58,7 +58,7 @@ def cmd_teacher(args: argparse.Namespace) -> dict:
     steps = args.steps if budget is None else None
     init = Teacher.load(args.init, cfg) if args.init else None
     teacher = train_teacher(cfg, args.routes, budget_s=budget, steps=steps, seed=args.seed, clock="cpu",
-                            log=lambda m: print(m, flush=True), init=init)
+                            log=lambda m: print(m, flush=True), init=init, lr_schedule=args.lr_schedule)
     teacher.save(args.out)
     result: dict = {"routes": list(args.routes), "steps": teacher.steps, "train_s": teacher.train_s, "out": args.out}
     for r in args.routes:
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--n", type=int, default=500, help="val scenes in total, as `superlink eval --n`")
     t.add_argument("--out", required=True)
     t.add_argument("--init", default=None, help="a teacher folder to go on training (the budget counts new steps)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: the rates fall to 5%% over --steps (an annealed end)")
     a = sub.add_parser("align", help="align a model's links to teachers and score it")
     a.add_argument("--model", default="shapes")
     a.add_argument("--teacher", action="append", required=True, help="a teacher folder (repeatable)")

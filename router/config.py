@@ -36,6 +36,10 @@ class StageConfig(StrictModel):
     # Learning rate per parameter group (PARAM_GROUPS); a group left out, or at 0, does not train.
     lr: dict[str, float] = {"queries": 1e-3, "projectors": 1e-3, "decoders": 1e-3, "llm": 1e-4, "region": 1e-3}
     warmup_steps: int = Field(0, ge=0, description="linear warm-up at the start of the stage")
+    # "cosine": after the warm-up the rates fall along a half cosine to final_lr_scale x their value at the
+    # stage's last step (an annealed end, e.g. for a decoder stage that settles); "constant": they stay.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    final_lr_scale: float = Field(0.05, ge=0.0, le=1.0)
     # "text": the diffusion decoders ([GEN], [EDIT]) train on the frozen text encoder's embedding of each
     # target's description instead of the mapped link states (decoder pre-training, as VisionLLM v2's UNet was
     # trained on CLIP text before its links were aligned to it); "link": the usual end-to-end path.
@@ -130,11 +134,12 @@ class TrainingConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     eval_samples: int = Field(4, ge=1, description="val samples per task scored at each evaluation")
     log_every: int = Field(1, ge=1)
-    wording: Literal["train", "template", "noisy"] = Field(
+    wording: Literal["train", "template", "noisy", "noisy_mixed"] = Field(
         "train",
         description="instruction wording of training samples: the grammar's training part (shapesworld.grammar; "
-        "its held-out part is for evaluation only), the fixed template lists, or 'noisy': the training part "
-        "with pseudo-word fillers that ask for nothing",
+        "its held-out part is for evaluation only), the fixed template lists, 'noisy': the training part "
+        "with pseudo-word fillers that ask for nothing, or 'noisy_mixed': longer fillers that mix in neutral "
+        "function words of the training part",
     )
 
     @field_validator("data")

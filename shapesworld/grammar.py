@@ -23,6 +23,9 @@ Wording modes:
                 pseudo-words ("vuto kessa and find the stars", "count the squares, pim lodaru") that asks
                 for nothing, so a model learns that words it does not know add no task. Pseudo-words are
                 random syllables, never a word of the grammar (held-out words included) or a ShapesWorld name
+    "noisy_mixed"  "noisy" with longer fillers (one to five words) in which NEUTRAL_SHARE of the words are
+                neutral function words of the training part ("you", "the", "it", ...: `NEUTRAL_WORDS`), so
+                a frame of known and unknown words ("vuto the kessa for you") asks for nothing either
 
 Sampling draws only from a `numpy.random.Generator`, walks lists in a fixed order and never iterates a
 set, so the same generator state gives the same wording in every process, whatever PYTHONHASHSEED.
@@ -38,12 +41,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-WORDINGS: tuple[str, ...] = ("template", "train", "heldout", "noisy")
-TRAINING = ("train", "noisy")  # grammar modes that never take a held-out choice
+WORDINGS: tuple[str, ...] = ("template", "train", "heldout", "noisy", "noisy_mixed")
+TRAINING = ("train", "noisy", "noisy_mixed")  # grammar modes that never take a held-out choice
 TEMPLATE_SHARE = 0.35  # "train": share of samples worded exactly as a template
 TYPO_RATE = 0.12  # "train": share of grammar samples with one light typo (a few get two)
 HELDOUT_TYPO_RATE = 0.3  # "heldout": share with one typo (half of them of the held-out kind)
 FILLER_RATE = 0.3  # "noisy": share of grammar samples with a pseudo-word filler
+NEUTRAL_SHARE = 0.4  # "noisy_mixed": share of filler words that are NEUTRAL_WORDS
+# Function words of the grammar's training part that never ask for a task, a category or a relation (no
+# connector such as "and"/"then", no side or position word); tests check that none is held-out only.
+NEUTRAL_WORDS: tuple[str, ...] = ("you", "the", "a", "it", "to", "for", "me", "i", "if", "this", "now",
+                                  "is", "well", "can", "could", "would", "please")
 
 # ---- shared productions ---------------------------------------------------------------------------
 SHARED: dict[str, tuple[str, ...]] = {
@@ -492,8 +500,8 @@ def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: 
     question = text.endswith("?")
     marks = END_MARKS[question]
     text = text[:-1] if question else text
-    if mode == "noisy" and rng.random() < FILLER_RATE:
-        text = _with_filler(text, rng)
+    if mode in ("noisy", "noisy_mixed") and rng.random() < FILLER_RATE:
+        text = _with_filler(text, rng, mixed=mode == "noisy_mixed")
     text += marks[s.pick("end", [m for m, _, _ in marks], [h for _, h, _ in marks], [w for *_, w in marks])][0]
     names = [c for c, *_ in CASINGS]
     if force_casing is not None:
@@ -554,9 +562,15 @@ def pseudo_word(rng: np.random.Generator) -> str:
             return word
 
 
-def _with_filler(text: str, rng: np.random.Generator) -> str:
-    """`text` with one to three pseudo-words before or after it (slot values and special tokens untouched)."""
-    filler = " ".join(pseudo_word(rng) for _ in range(1 + int(rng.integers(3))))
+def _with_filler(text: str, rng: np.random.Generator, mixed: bool = False) -> str:
+    """`text` with one to three pseudo-words before or after it (slot values and special tokens untouched);
+    `mixed`: one to five words, NEUTRAL_SHARE of them neutral function words."""
+    if mixed:
+        words = [NEUTRAL_WORDS[int(rng.integers(len(NEUTRAL_WORDS)))] if rng.random() < NEUTRAL_SHARE
+                 else pseudo_word(rng) for _ in range(1 + int(rng.integers(5)))]
+    else:
+        words = [pseudo_word(rng) for _ in range(1 + int(rng.integers(3)))]
+    filler = " ".join(words)
     form = FILLER_FORMS[int(rng.integers(len(FILLER_FORMS)))]
     return form.format(f=filler, r=text)
 

@@ -10,7 +10,8 @@ Instructions tell routed and native variants apart by wording: native ones ask f
 Wording (`make_sample(..., wording=...)`): "template" picks from the fixed `TEMPLATES` (evaluation's
 reference wording, the default); "train" and "heldout" word the same request from the grammar in
 `shapesworld.grammar` (its training part, or with at least one held-out choice); "noisy" is "train" with
-pseudo-word fillers that ask for nothing (`grammar.FILLER_RATE` of the grammar samples). The wording never
+pseudo-word fillers that ask for nothing (`grammar.FILLER_RATE` of the grammar samples), "noisy_mixed" the same
+with longer fillers that mix in neutral function words of the training grammar. The wording never
 changes the scene, the request's content or the answer: sample k of a seed is the same in every mode
 but for its instruction, because wordings draw from a generator derived from the sample's, not from it.
 """
@@ -293,7 +294,7 @@ def polygon_points(mask: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---- task builders -------------------------------------------------------------------------------
-WORDINGS = grammar.WORDINGS  # "template" | "train" | "heldout" | "noisy"
+WORDINGS = grammar.WORDINGS  # "template" | "train" | "heldout" | "noisy" | "noisy_mixed"
 
 
 def _derived_rng(rng: np.random.Generator, salt: str) -> np.random.Generator:

@@ -151,15 +151,20 @@ def build_teacher(cfg: SuperLinkConfig, routes: Sequence[str], modes: dict[str, 
 def train_teacher(cfg: SuperLinkConfig, routes: Sequence[str], budget_s: float | None = None,
                   steps: int | None = None, seed: int = 0, modes: dict[str, str] | None = None,
                   lr: float = 6e-4, encoder_lr: float = 1e-3, warmup: int = 200, clock: str = "cpu",
-                  log: Callable[[str], None] | None = None, init: Teacher | None = None) -> Teacher:
+                  log: Callable[[str], None] | None = None, init: Teacher | None = None,
+                  lr_schedule: str = "constant") -> Teacher:
     """AdamW on the decoders and encoders; step k trains on a batch of route routes[k % len(routes)]'s task
     (batches as `training.specialists.task_samples`, so a one-route teacher sees a specialist's batches).
 
     init: a trained teacher of the same routes to go on training (its weights, a fresh optimizer); step
     numbers, and so the batches, continue after its `steps`, and `steps`/`budget_s` count the new ones only.
+    lr_schedule: "constant" after the warm-up, or "cosine" down to 5% at the last of `steps` (an annealed end;
+    needs `steps`).
     """
     if budget_s is None and steps is None:
         raise ValueError("give a time budget (budget_s) or a number of steps")
+    if lr_schedule == "cosine" and steps is None:
+        raise ValueError("lr_schedule 'cosine' needs a number of steps to decay over, not a time budget")
     if init is not None and tuple(init.routes) != tuple(routes):
         raise ValueError(f"the teacher to go on from trains routes {list(init.routes)}, not {list(routes)}")
     torch.manual_seed(seed)
@@ -171,7 +176,8 @@ def train_teacher(cfg: SuperLinkConfig, routes: Sequence[str], budget_s: float |
     enc = [p for e in teacher.encoders.values() for p in e.parameters()]
     opt = torch.optim.AdamW([{"params": dec, "lr": lr}, {"params": enc, "lr": encoder_lr}],
                             weight_decay=cfg.training.weight_decay)
-    sched = build_scheduler(opt, StageConfig(name="teacher", steps=1, warmup_steps=warmup, lr={}))
+    sched = build_scheduler(opt, StageConfig(name="teacher", steps=steps or 1, warmup_steps=warmup, lr={},
+                                             lr_schedule=lr_schedule))
     clip, now = cfg.training.max_grad_norm, CLOCKS[clock]
     start = 0 if init is None else init.steps
     t0, c0, step = time.perf_counter(), now(), start

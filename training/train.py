@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -135,9 +136,21 @@ def build_optimizer(system: nn.Module, stage: StageConfig, weight_decay: float) 
     return torch.optim.AdamW(param_groups, weight_decay=weight_decay)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, stage: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_factor(stage: StageConfig, k: int) -> float:
+    """The multiple of each group's rate at step k (0-based) of the stage: linear warm-up, then constant or
+    a half cosine down to stage.final_lr_scale at the stage's last step."""
     warm = stage.warmup_steps
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
+    if warm and k < warm:
+        return (k + 1) / warm
+    if stage.lr_schedule == "constant":
+        return 1.0
+    span = max(1, stage.steps - 1 - warm)
+    t = min(1.0, max(0, k - warm) / span)
+    return stage.final_lr_scale + (1.0 - stage.final_lr_scale) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, stage: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(stage, k))
 
 
 def stage_at(stages: list[StageConfig], step: int) -> int:

@@ -72,13 +72,14 @@ def test_training_path_draws_from_the_training_grammar(tiny_config):
     assert len({_text(s) for s in samples}) >= 0.7 * len(samples)
 
 
-def test_noisy_wording_adds_pseudo_word_fillers_and_nothing_held_out():
+@pytest.mark.parametrize("mode", ["noisy", "noisy_mixed"])
+def test_noisy_wording_adds_pseudo_word_fillers_and_nothing_held_out(mode):
     held_words = set(grammar.heldout_words(TEMPLATES)) - SLOT_WORDS
     known = grammar.grammar_words()
     assert held_words <= known and {"circle", "circles", "red", "spot", "favour"} <= known
     fillers = 0
     for task in ("detection", "vqa", "compound", "grounding"):
-        noisy, train = _samples(task, "noisy", 60), _samples(task, "train", 60)
+        noisy, train = _samples(task, mode, 60), _samples(task, "train", 60)
         for s, t in zip(noisy, train, strict=True):
             assert (s.answer, s.classes, s.heldout_wording) == (t.answer, t.classes, [])  # the request is the same
             words = set(re.findall(r"[a-z']+", _text(s).lower()))
@@ -89,6 +90,19 @@ def test_noisy_wording_adds_pseudo_word_fillers_and_nothing_held_out():
     assert 0.05 * 240 < fillers < 0.45 * 240  # FILLER_RATE of the grammar samples, none of the templates
     rng = np.random.default_rng(0)
     assert all(grammar.pseudo_word(rng) not in known for _ in range(500))
+
+
+def test_mixed_fillers_use_neutral_training_words_only():
+    held_words = set(grammar.heldout_words(TEMPLATES)) - SLOT_WORDS
+    neutral = set(grammar.NEUTRAL_WORDS)
+    assert neutral <= grammar.grammar_words() and not neutral & held_words  # training-part words, none held out
+    assert not neutral & {"and", "then", "also", "plus", "left", "right", "top", "bottom", "next", "near"}
+    rng = np.random.default_rng(0)
+    fillers = [grammar._with_filler("find the stars", rng, mixed=True) for _ in range(400)]
+    per_filler = [[w for w in re.findall(r"[a-z']+", f.replace("find the stars", " ")) if w != "and"] for f in fillers]
+    words = [w for ws in per_filler for w in ws]
+    share = sum(w in neutral for w in words) / len(words)
+    assert 0.3 < share < 0.5 and {len(ws) for ws in per_filler} == {1, 2, 3, 4, 5}
 
 
 def test_every_heldout_sample_uses_a_heldout_choice(heldout_samples):
@@ -141,7 +155,7 @@ def test_special_tokens_keep_their_case():
     assert any(t.isupper() or t.istitle() for t in (x.replace("<region>", "") for x in texts))
 
 
-@pytest.mark.parametrize("wording", [w for w in grammar.WORDINGS if w != "noisy"])
+@pytest.mark.parametrize("wording", [w for w in grammar.WORDINGS if not w.startswith("noisy")])
 def test_class_list_parses_from_every_generated_phrasing(wording, monkeypatch):
     """parse_class_list binds <cls_k> at inference: every typo-free phrasing must give the requested list;
     with typos (anywhere but in the names) it may miss a few. The polygon task's own phrasings are not

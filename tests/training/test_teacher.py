@@ -66,6 +66,8 @@ def test_teacher_goes_on_from_a_saved_one(tiny_config, tmp_path):
     assert any(not torch.equal(w0[k], w1[k]) for k in w1 if w1[k].is_floating_point())
     with pytest.raises(ValueError, match="trains routes"):
         train_teacher(tiny_config, ("DET",), steps=1, clock="wall", init=Teacher.load(tmp_path / "t", tiny_config))
+    with pytest.raises(ValueError, match="needs a number of steps"):
+        train_teacher(tiny_config, ("DET",), budget_s=1.0, clock="wall", lr_schedule="cosine")
 
 
 def test_alignment_installs_the_teacher_and_fits_the_projector_only():

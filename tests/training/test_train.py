@@ -256,3 +256,19 @@ def test_export_writes_a_checkpoint_as_the_model_folder_a_finished_run_leaves(tm
     part = train(cfg, tmp_path / "part", max_steps=1)  # mid-run: stage "heads"
     assert export_checkpoint(cfg, tmp_path / "part", tmp_path / "mid")["stage"] == "heads"
     assert (tmp_path / "mid" / "heads.safetensors").is_file() and part["model"] is None
+
+
+def test_cosine_stage_warms_up_then_anneals_to_its_final_scale_and_constant_stays():
+    from router.config import StageConfig
+    from training.train import lr_factor
+
+    cos = StageConfig(name="s", steps=101, warmup_steps=10, lr_schedule="cosine", final_lr_scale=0.1)
+    f = [lr_factor(cos, k) for k in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warm-up
+    assert f[10] == pytest.approx(1.0) and f[100] == pytest.approx(0.1)  # full rate after it, final scale at the end
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))  # falls monotonically
+    assert f[55] == pytest.approx(0.55)  # half-way down at the middle of the decay
+    const = StageConfig(name="s", steps=101, warmup_steps=10)
+    assert [lr_factor(const, k) for k in (0, 9, 50, 100, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError):
+        StageConfig(name="s", steps=10, lr_schedule="linear")
