@@ -19,7 +19,8 @@ Data (TrainingConfig.data, router/sources.py): the sources a batch row is drawn 
 ShapesWorld (generated), COCO instances/keypoints, RefCOCO-style refs, LLaVA conversation JSON(L). A
 fresh run builds its tokenizer from the sources' texts and saves it (OUT/tokenizer, then model/mllm/).
 Each stage has its own AdamW with one parameter group per `PARAM_GROUPS` name and a
-linear warm-up. The batch of step s is a pure function of (seed, s, micro-step, rank),
+linear warm-up, then a constant rate or (lr_schedule "cosine") a half cosine down to
+final_lr_scale of it at the stage's last step (`lr_factor`). The batch of step s is a pure function of (seed, s, micro-step, rank),
 and torch is reseeded from (seed, s) before each step, so a resumed run replays the
 same data and noise and ends with the same parameters as an uninterrupted one.
 
