@@ -21,6 +21,7 @@ every row from its last real token.
 
 from __future__ import annotations
 
+import copy
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from mllm.constraints import PolygonConstraint
 from mllm.images import load_image
 from mllm.localize import LocalizeError, LocalizeRequest, localize_request
 from mllm.scribble import DEFAULT_SCRIBBLE_WIDTH, ScribbleError, rasterize_scribble
+from mllm.tokenizer import resegment
 from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary, cls_token, loc_token
 
 IGNORE_INDEX = -100  # label of positions the LM loss skips (torch cross_entropy's default ignore_index)
@@ -96,6 +98,23 @@ class SuperLinkProcessor:
         self._reserved_ids = sorted(
             set(tokenizer.added_tokens_decoder) - {self.image_token_id, self.region_token_id}
         )
+        self.subword_dropout = 0.0  # training only: see with_subword_dropout
+        self._segment_rng: np.random.Generator | None = None
+
+    def with_subword_dropout(self, rate: float, seed: Any = 0) -> SuperLinkProcessor:
+        """A training copy whose prompts are re-segmented at random (`mllm.tokenizer.resegment`, subword
+        regularisation); answers and the prompt checks keep the usual segmentation. `reseed` fixes the
+        randomness per step, so a resumed run re-draws the same segmentations."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"subword dropout rate must be in [0, 1); got {rate}")
+        other = copy.copy(self)
+        other.subword_dropout = rate
+        other.reseed(seed)
+        return other
+
+    def reseed(self, seed: Any) -> None:
+        """Seed the prompt re-segmentation (any numpy SeedSequence entropy, e.g. [seed, step, micro, rank])."""
+        self._segment_rng = np.random.default_rng(seed)
 
     def _check_tokenizer(self) -> None:
         known = self.tokenizer.get_vocab()
@@ -178,6 +197,8 @@ class SuperLinkProcessor:
         if self.config.text.lowercase_instructions:  # after the check: "[DET]" must not slip through as "[det]"
             instruction = instruction.lower()
         ids = self._tokenize(self.build_prompt(instruction, num_images=num_images))
+        if self.subword_dropout > 0.0 and self._segment_rng is not None:
+            ids = resegment(self.tokenizer, ids, self.subword_dropout, self._segment_rng)
         return ([self.bos_token_id] if self.bos_token_id is not None else []) + ids
 
     def _encode_answer(self, answer: str) -> tuple[list[int], list[int]]:

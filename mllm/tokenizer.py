@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -40,3 +41,31 @@ def add_superlink_tokens(tokenizer: PreTrainedTokenizerFast, vocab: Vocabulary) 
     n += tokenizer.add_tokens(others, special_tokens=True)
     tokenizer.padding_side = "left"  # batched generation pads on the left
     return n
+
+
+def resegment(tokenizer: PreTrainedTokenizerFast, ids: list[int], rate: float, rng: np.random.Generator) -> list[int]:
+    """Subword regularisation: each plain BPE token is, with probability `rate`, split at a random inner
+    character and its two parts re-tokenized by the BPE model (recursively, so a part may split again).
+
+    The text is unchanged (the ids decode to the same string); only its segmentation differs, so a model
+    trained on such rows meets the pieces of misspelt and unknown words beside the usual merges. Added tokens
+    (SuperLink's, <image>, <s>) are never split. Deterministic for a given `rng` state.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"subword dropout rate must be in [0, 1); got {rate}")
+    if rate == 0.0:
+        return list(ids)
+    model = tokenizer.backend_tokenizer.model
+    added = set(tokenizer.added_tokens_decoder)
+    vocab = tokenizer.convert_ids_to_tokens
+
+    def split(token: str) -> list[int]:
+        if len(token) < 2 or rng.random() >= rate:
+            return [model.token_to_id(token)]
+        k = int(rng.integers(1, len(token)))
+        return [i for part in (token[:k], token[k:]) for t in model.tokenize(part) for i in split(t.value)]
+
+    out: list[int] = []
+    for i in ids:
+        out += [i] if i in added else split(vocab(i))
+    return out

@@ -141,6 +141,14 @@ class TrainingConfig(StrictModel):
         "with pseudo-word fillers that ask for nothing, or 'noisy_mixed': longer fillers that mix in neutral "
         "function words of the training part",
     )
+    subword_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="subword regularisation of training prompts (mllm.tokenizer.resegment): each BPE token of a "
+        "prompt is split at a random inner character with this probability and its parts re-tokenized, so the "
+        "model meets the pieces of misspelt and unknown words; answers and inference keep the usual tokens",
+    )
 
     @field_validator("data")
     @classmethod

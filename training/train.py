@@ -183,6 +183,18 @@ def draw_batch(
     return (data or DataMix(cfg)).draw(rng, cfg.training.batch_size)
 
 
+def training_processor(run: Run, step: int, micro: int) -> Any:
+    """The processor a training batch is encoded with: the run's own, or with `training.subword_dropout` a copy
+    whose prompt re-segmentation is seeded by (seed, step, micro, rank), so an exact resume redraws it."""
+    rate = run.cfg.training.subword_dropout
+    if rate == 0.0:
+        return run.processor
+    if run.train_processor is None:
+        run.train_processor = run.processor.with_subword_dropout(rate)
+    run.train_processor.reseed([run.cfg.training.seed, step, micro, run.rank])
+    return run.train_processor
+
+
 def seed_step(seed: int, step: int, rank: int) -> None:
     """Reseed torch so a step's randomness (diffusion noise, dropout) depends only on (seed, step, rank)."""
     torch.manual_seed((seed * 1_000_003 + step) * 64 + rank)
@@ -207,6 +219,7 @@ class Run:
     sharded: nn.Module | None = None  # fsdp: the FSDP root (system.model) once the LLM is sharded
     replicated: list[nn.Parameter] = field(default_factory=list)  # fsdp: trainable parameters FSDP does not hold
     stage_data: DataMix | None = None  # the current stage's mix when it sets its own task_weights
+    train_processor: Any = None  # training.subword_dropout > 0: the processor copy batches are encoded with
 
     @property
     def mix(self) -> DataMix:
@@ -294,7 +307,7 @@ def _autocast(cfg: SuperLinkConfig, device: torch.device) -> contextlib.Abstract
 def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     """Forward + backward of one micro-batch; returns its losses (and, on logged steps, link health) for logging."""
     samples, sources = draw_batch(run.cfg, step, micro, run.rank, run.mix)
-    batch = collate(run.processor, samples)
+    batch = collate(training_processor(run, step, micro), samples)
     batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
     last = micro == run.cfg.training.grad_accum - 1
     if run.sharded is not None:  # reduce-scatter the LLM's gradients on the last micro-step only

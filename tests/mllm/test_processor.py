@@ -14,7 +14,7 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from mllm.images import ImageError, load_image
 from mllm.processor import IGNORE_INDEX, ProcessorError, SuperLinkProcessor
-from mllm.tokenizer import build_tokenizer
+from mllm.tokenizer import build_tokenizer, resegment
 from mllm.vocab import Vocabulary
 
 LIMIT = 16_777_216
@@ -395,3 +395,43 @@ def test_rle_counts_must_cover_the_mask_exactly(proc: SuperLinkProcessor, counts
         proc.region_mask({"mask": {"size": [7, 5], "counts": counts}}, (5, 7))
     ok = proc.region_mask({"mask": {"size": [7, 5], "counts": "9340004N"}}, (5, 7))  # 35 pixels exactly
     assert ok.shape == (proc.image_size,) * 2 and ok.sum() > 0
+
+
+# ---- subword regularisation (training.subword_dropout) ------------------------------------------
+def test_resegment_keeps_the_text_and_added_tokens(proc: SuperLinkProcessor) -> None:
+    tok = proc.tokenizer
+    ids = tok("USER: <image>\ndetect the red circle ASSISTANT:", add_special_tokens=False)["input_ids"]
+    rng = np.random.default_rng(0)
+    outs = [resegment(tok, ids, 0.3, rng) for _ in range(20)]
+    assert all(tok.decode(o) == tok.decode(ids) for o in outs)
+    assert all(o.count(proc.image_token_id) == 1 for o in outs)  # added tokens are never split
+    assert len({tuple(o) for o in outs}) > 5 and all(len(o) >= len(ids) for o in outs)
+    assert max(len(o) for o in outs) > len(ids)
+    assert resegment(tok, ids, 0.0, rng) == ids
+    again = [resegment(tok, ids, 0.3, np.random.default_rng(0)) for _ in range(2)]
+    assert again[0] == again[1] == outs[0]  # deterministic for a given generator state
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\); got 1.0"):
+        resegment(tok, ids, 1.0, rng)
+
+
+def test_subword_dropout_processor_changes_prompts_only(proc: SuperLinkProcessor) -> None:
+    answer = "Sure, red circle [DET]."
+    plain = proc.encode_row("detect the red circle please", 1, answer)
+    noisy = proc.with_subword_dropout(0.5, seed=3)
+    assert proc.subword_dropout == 0.0  # the original is untouched
+    rows = [noisy.encode_row("detect the red circle please", 1, answer) for _ in range(8)]
+    prompt_len = plain.prompt_length
+    assert any(r.prompt_length > prompt_len for r in rows)
+    for r in rows:  # the same text; answer ids and labels exactly as without dropout
+        assert proc.tokenizer.decode(r.input_ids[: r.prompt_length]) == proc.tokenizer.decode(
+            plain.input_ids[:prompt_len]
+        )
+        assert r.input_ids[r.prompt_length :] == plain.input_ids[prompt_len:]
+        assert r.labels[r.prompt_length :] == plain.labels[prompt_len:]
+    noisy.reseed(7)
+    first = noisy.encode_row("detect the red circle please", 1).input_ids
+    noisy.reseed(7)
+    assert noisy.encode_row("detect the red circle please", 1).input_ids == first
+    assert proc.encode_row("detect the red circle please", 1).input_ids == plain.input_ids[:prompt_len]
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        proc.with_subword_dropout(-0.1)

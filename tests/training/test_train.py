@@ -272,3 +272,31 @@ def test_cosine_stage_warms_up_then_anneals_to_its_final_scale_and_constant_stay
     assert [lr_factor(const, k) for k in (0, 9, 50, 100, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0, 1.0])
     with pytest.raises(ValueError):
         StageConfig(name="s", steps=10, lr_schedule="linear")
+
+
+def test_subword_dropout_is_seeded_per_step_and_resume_stays_exact(tmp_path, tiny_config):
+    from types import SimpleNamespace
+
+    from router.system import build_system
+    from training.train import training_processor
+
+    cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(update={"subword_dropout": 0.4})})
+    _, proc = build_system(cfg)
+    run = SimpleNamespace(cfg=cfg, processor=proc, train_processor=None, rank=0)
+    text = "detect the red circle and segment every blue square, please"
+
+    def ids(step: int) -> list[int]:
+        return training_processor(run, step, 0).encode_row(text, 1).input_ids
+
+    assert ids(3) == ids(3) and len({tuple(ids(s)) for s in range(6)}) > 1
+    assert proc.tokenizer.decode(ids(4)) == proc.tokenizer.decode(proc.encode_row(text, 1).input_ids)
+    assert training_processor(run, 0, 0) is not proc and proc.subword_dropout == 0.0
+    off = SimpleNamespace(cfg=tiny_config, processor=proc, train_processor=None, rank=0)
+    assert training_processor(off, 3, 0) is proc
+
+    path = _tiny_run_config(tmp_path, subword_dropout=0.4)
+    train(path, tmp_path / "full")
+    train(path, tmp_path / "part", max_steps=2)
+    train(path, tmp_path / "part", resume=True)
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
