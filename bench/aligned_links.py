@@ -70,12 +70,12 @@ def cmd_teacher(args: argparse.Namespace) -> dict:
 def cmd_align(args: argparse.Namespace) -> dict:
     pipe = Pipeline.from_pretrained(args.model)
     result: dict = {"model": args.model, "teachers": args.teacher, "steps": args.steps, "train_llm": args.train_llm,
-                    "scenes": args.scenes}
+                    "replay_weight": args.replay_weight if args.train_llm else None, "scenes": args.scenes}
     try:
         for path in args.teacher:
             teacher = Teacher.load(path, pipe.config)
             out = align_links(pipe, teacher, args.steps, lr=args.lr, seed=args.seed, train_llm=args.train_llm,
-                              llm_lr=args.llm_lr, log=lambda m: print(m, flush=True))
+                              llm_lr=args.llm_lr, replay_weight=args.replay_weight, log=lambda m: print(m, flush=True))
             result.setdefault("align", {}).update({r: {"cosine": out.cosine[r], "train_s": out.train_s}
                                                    for r in teacher.routes})
         if args.export:
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--train-llm", action="store_true")
     a.add_argument("--llm-lr", type=float, default=1e-4)
+    a.add_argument("--replay-weight", type=float, default=1.0,
+                   help="--train-llm: LM loss of one batch of the model's whole training mix per step (0: none)")
     a.add_argument("--scenes", type=int, default=200, help="val scenes per route's family")
     a.add_argument("--export", default=None, help="save the aligned model here")
     for p in (t, a):

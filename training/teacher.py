@@ -49,8 +49,9 @@ from training.specialists import (
     identity_projector,
     task_samples,
 )
-from training.train import build_scheduler, is_connector
+from training.train import batch_samples, build_scheduler, is_connector
 
+REPLAY_OFFSET = 2_000_000  # align_links' replay batches: batch_samples steps far past any training run's
 PERCEPTION = ("DET", "SEG", "GRD", "POSE")  # the routes a teacher can train (category or referring phrases)
 TEACHER_FILE, ENCODERS_FILE, META_FILE = "decoders.safetensors", "encoders.safetensors", "teacher.json"
 
@@ -241,13 +242,16 @@ def link_texts(samples: Sequence[Any], route: str, index: torch.Tensor) -> list[
 
 
 def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed: int = 0,
-                train_llm: bool = False, llm_lr: float = 1e-4, lm_weight: float = 1.0, warmup: int = 50,
-                log: Callable[[str], None] | None = None) -> AlignResult:
+                train_llm: bool = False, llm_lr: float = 1e-4, lm_weight: float = 1.0, replay_weight: float = 1.0,
+                warmup: int = 50, log: Callable[[str], None] | None = None) -> AlignResult:
     """Install the teacher's decoders in `pipe.system` and fit the routes' projectors so that
     project(link states) matches the frozen teacher encoder's vectors of the same phrase (MSE over queries).
 
     train_llm: the LLM and the super-link queries learn too (at llm_lr), with the LM loss (lm_weight) kept in
     the objective so that the answers do not drift; otherwise the MLLM stays frozen and only projectors move.
+    replay_weight (train_llm only): each step also adds the LM loss of one batch of the model's whole training
+    mix (`training.train.batch_samples`: every task, its wording and task weights), so the tasks the alignment
+    does not see are not forgotten (without it, 3 600 steps at 1e-4 took routing 0.98 -> 0.49, VQA 0.40 -> 0.02).
     """
     system, cfg = pipe.system, pipe.config
     model = system.model
@@ -278,6 +282,9 @@ def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed:
         target = teacher.targets(route, link_texts(samples, route, links.index)).to(mapped)
         loss = F.mse_loss(mapped, target)
         total = loss + lm_weight * out.loss if train_llm else loss
+        if train_llm and replay_weight > 0:
+            replay = batch_samples(cfg, REPLAY_OFFSET + step, 0, 0)
+            total = total + replay_weight * model(**model_inputs(collate(pipe.processor, replay).inputs)).loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm or 1.0)

@@ -103,6 +103,31 @@ def test_alignment_can_train_the_llm_but_not_the_vision_tower():
         pipe.close()
 
 
+def test_alignment_with_the_llm_replays_the_whole_training_mix(monkeypatch):
+    import training.teacher
+
+    pipe = Pipeline.from_pretrained("tiny")
+    drawn: list[set[str]] = []
+    real = training.teacher.batch_samples
+
+    def spy(cfg, step, micro, rank, data=None):
+        batch = real(cfg, step, micro, rank, data)
+        drawn.append({s.task for s in batch})
+        return batch
+
+    monkeypatch.setattr(training.teacher, "batch_samples", spy)
+    try:
+        teacher = train_teacher(pipe.config, ("SEG",), steps=1, clock="wall")
+        align_links(pipe, teacher, steps=3, train_llm=True, llm_lr=1e-3, warmup=1)
+        assert len(drawn) == 3  # one replay batch per step, from the model's own task mix (not just [SEG])
+        assert set().union(*drawn) - {"segmentation"}, drawn
+        align_links(pipe, teacher, steps=2, train_llm=True, replay_weight=0.0, warmup=1)
+        align_links(pipe, teacher, steps=2, warmup=1)  # a frozen LLM has nothing to replay
+        assert len(drawn) == 3
+    finally:
+        pipe.close()
+
+
 def test_link_texts_follow_the_link_groups(tiny_config):
     from shapesworld.tasks import make_sample
 
