@@ -120,7 +120,7 @@ def strip_location_tokens(text: str) -> str:
 _SPECIAL_RE = re.compile(r"<[a-z]+(?:_-?\d+)?>|\[[A-Z]+(?:_Q)?\]")
 _TRIGGER_RE = re.compile(
     r"\b(?:detect|find|locate|segment|identify|mark|outline|show(?:\s+me)?|box|label|categories|classes|mask|spot"
-    r"|isolate|pinpoint|(?:cut|carve|pick)\s+out|track\s+down|look\s+for)\b\s*",
+    r"|isolate|pinpoint|(?:cut|carve|pick)\s+out|track\s+down|look\s+for|around|where\s+are)\b\s*",
     re.I,
 )
 _FILLER_RE = re.compile(
@@ -137,12 +137,16 @@ _INTRO_RE = re.compile(r"\b(?:each|every|for(?!\s+me\b)|of)\b\s*", re.I)
 # Trailing clauses that say how to answer, not what to find: "... and give their box coordinates".
 _CLAUSE_TAIL_RE = re.compile(r"\s+(?:and\s+(?:give|reply|return|answer|write|output|report)\b).*", re.I | re.S)
 _FORMAT_TAIL_RE = re.compile(r"\s+(?:as|with|in|using)\s+(?:box\s+)?coordinates\b.*", re.I | re.S)
-# Politeness after the list: "... circle and square, please" / "... for me" / "... when you get a chance".
+# Politeness after the list: "... circle and square, please" / "... for me" / "... when you get a chance" /
+# "... right away" / "... if possible".
 _POLITE_TAIL_RE = re.compile(
-    r"[\s,]+(?:please|thanks|thank\s+you|for\s+me|if\s+you\s+(?:don't|do\s+not)\s+mind|when\s+you\s+get\s+a\s+chance)\b.*",
+    r"[\s,]+(?:please|thanks|thank\s+you|cheers|for\s+me|if\s+you\s+(?:don't|do\s+not)\s+mind|if\s+you\s+can|"
+    r"if\s+possible|when\s+you\s+get\s+a\s+chance|right\s+away|now|quickly|as\s+soon\s+as\s+possible|asap)\b.*",
     re.I | re.S,
 )
 _LIST_SPLIT_RE = re.compile(r"\s*(?:,|;|&|\band\b|\bor\b)\s*", re.I)
+# An interjection before the request: "ok, give the keypoints of each star" / "Hey! find the cats".
+_LEAD_RE = re.compile(r"^\s*(?:ok(?:ay)?|hey|hi|hello|so|well|right|now)\s*[,!:]\s*", re.I)
 
 
 def parse_class_list(instruction: str) -> list[str]:
@@ -153,7 +157,7 @@ def parse_class_list(instruction: str) -> list[str]:
     "Report the coordinates of each cat, dog and bird." and "Detect cat and dog and give their boxes."
     Returns [] when the instruction holds no list (then no class slots are bound).
     """
-    text = _FORMAT_TAIL_RE.sub("", _FORMAT_RE.sub(" ", _SPECIAL_RE.sub(" ", instruction)))
+    text = _LEAD_RE.sub("", _FORMAT_TAIL_RE.sub("", _FORMAT_RE.sub(" ", _SPECIAL_RE.sub(" ", instruction))))
     m = _TRIGGER_RE.search(text)
     rest = text[m.end() :] if m else text
     if ":" in rest:  # "detect the following: a, b" / "Find: a, b"

@@ -56,10 +56,17 @@ NEUTRAL_WORDS: tuple[str, ...] = ("you", "the", "a", "it", "to", "for", "me", "i
 # ---- shared productions ---------------------------------------------------------------------------
 SHARED: dict[str, tuple[str, ...]] = {
     # politeness around imperatives; "" is weighted up so plain requests stay the most common
+    # (the frames after "now " and ", thanks" were added for the checkpoint after the second LLM-trained alignment:
+    # with four tails in training, an unseen tail such as ", if you don't mind" drew an extra route in 23 of 67
+    # held-out requests; EVAL.md "Wider politeness frames")
     "pre": ("", "", "", "", "", "please ", "please ", "could you ", "can you ", "would you ", "I'd like you to ",
-            "I want you to ", "please could you ", "now ", "~would you be so kind as to ",
+            "I want you to ", "please could you ", "now ", "", "", "", "kindly ", "could you please ",
+            "would you please ", "can you please ", "go ahead and ", "please go ahead and ", "try to ", "just ",
+            "hey, ", "ok, ", "I would like you to ", "you should ", "quickly ", "~would you be so kind as to ",
             "~I'd appreciate it if you could ", "~do me a favour and ", "~be a dear and "),
-    "post": ("", "", "", "", "", "", "", ", please", " please", " for me", ", thanks",
+    "post": ("", "", "", "", "", "", "", ", please", " please", " for me", ", thanks", "", "", "", ", thank you",
+             " thanks", ", if possible", ", if you can", " right away", " now", " quickly", " as soon as possible",
+             ", thanks a lot", ", cheers", " asap", " for me please",
              "~, if you don't mind", "~ when you get a chance"),
     "image": ("image", "picture", "scene", "~photo", "~snapshot"),
     "in_image": ("in the <image>", "in this <image>"),
@@ -145,15 +152,20 @@ CORES: dict[str, Cores] = {
     "detection": Cores(
         ("<det_verb> <each> {cats}[ <in_image>]", "<det_verb> {cats}", "<det_verb> all instances of {cats}",
          "draw (boxes|bounding boxes) around (each|every) {cats}", "(run|do) detection for {cats}",
-         "^<in_image>, <det_verb> <each> {cats}", "~put a box around (each|every) {cats}",
-         "~<det_verb> any and all instances of {cats}"),
-        ("where are the objects of class {cats}?", "~which objects are of class {cats}?")),
+         "^<in_image>, <det_verb> <each> {cats}", "<det_verb> (all |)the {cats_pl}[ <in_image>]",
+         "<det_verb> all {cats_pl}", "draw (boxes|bounding boxes) around (all |)the {cats_pl}",
+         "~put a box around (each|every) {cats}", "~<det_verb> any and all instances of {cats}"),
+        ("where are the objects of class {cats}?", "can you (find|detect|locate) (all |)the {cats_pl}?",
+         "where are (all |)the {cats_pl}[ <in_image>]?", "~which objects are of class {cats}?")),
     "segmentation": Cores(
         ("<seg_verb> <each> {cats}[ <in_image>]", "<seg_verb> {cats}", "give [instance ]masks for {cats}",
          "produce a mask for (each|every) {cats}", "run instance segmentation for {cats}",
          "mask all instances of {cats}", "outline the pixels of (each|every) {cats}",
-         "^<in_image>, <seg_verb> <each> {cats}", "~fill in a mask for (each|every) {cats}"),
-        ("which pixels belong to (each|every) {cats}?", "~what pixels make up (each|every) {cats}?")),
+         "^<in_image>, <seg_verb> <each> {cats}", "<seg_verb> (all |)the {cats_pl}[ <in_image>]",
+         "<seg_verb> all {cats_pl}", "give [me ](masks|instance masks|segmentation masks) (for|of) (all |)the {cats_pl}",
+         "~fill in a mask for (each|every) {cats}"),
+        ("which pixels belong to (each|every) {cats}?", "can you (segment|mask) (all |)the {cats_pl}?",
+         "~what pixels make up (each|every) {cats}?")),
     "native_detection": Cores(
         ("<det_verb> {cats} and (give|return|report) their box coordinates",
          "output the box coordinates of <each> {cats}", "list the boxes of <each> {cats} as coordinates",
@@ -165,9 +177,11 @@ CORES: dict[str, Cores] = {
     "keypoints": Cores(
         ("(find|detect|give|mark|show) the (keypoints|key points) of <each> {cats}", "estimate the pose of <each> {cats}",
          "locate the (corners|vertices) of <each> {cats}", "run keypoint detection for {cats}",
-         "find the defining points of each {cats}", "~pinpoint the (corners|vertices|keypoints) of <each> {cats}",
-         "~trace the key points of <each> {cats}"),
+         "find the defining points of each {cats}", "(find|give|mark|show) the (keypoints|key points) of (all |)the {cats_pl}",
+         "locate the (corners|vertices) of (all |)the {cats_pl}", "estimate the pose of (all |)the {cats_pl}",
+         "~pinpoint the (corners|vertices|keypoints) of <each> {cats}", "~trace the key points of <each> {cats}"),
         ("where are the (vertices|corners|keypoints) of (each|every) {cats}?",
+         "where are the (vertices|corners|keypoints) of (all |)the {cats_pl}?",
          "~what are the keypoints of (each|every) {cats}?")),
     "generation": Cores(
         ("<gen_verb> {desc}[ on a plain background]", "<make_verb> <picture> (of|with|showing|containing) {desc}",

@@ -163,6 +163,12 @@ def plural(kind: str) -> str:
     return kind + ("es" if kind.endswith("s") else "s")
 
 
+def plural_phrase(category: str) -> str:
+    """"red circle" -> "red circles": a category's plural, as a request may name it ("find the red circles")."""
+    *words, kind = category.split()
+    return " ".join([*words, plural(kind)])
+
+
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -399,7 +405,7 @@ def _routed_categories(ctx: _Ctx, task: str, route: str) -> TaskSample:
         boxes, masks, kps = _stack([o for o in scene.objects if _matches(o, cat)], scene.image_size)
         targets.append(RouteTarget(route, cat, boxes, masks, kps if route == "POSE" else None))
     answer = "Sure, " + join_words([f"{c} [{route}]" for c in cats]) + "."
-    instruction = _with_image(ctx.template(task, cats=join_words(cats)))
+    instruction = _with_image(ctx.template(task, cats=join_words(cats), cats_pl=join_words([plural_phrase(c) for c in cats])))
     return TaskSample(task, render(scene), instruction, answer, targets, classes=cats, scene=scene)
 
 
@@ -586,7 +592,8 @@ def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[tuple[str, gramm
         targets.append(RouteTarget(route, cat, boxes, None if route == "POSE" else masks,
                                    kps if route == "POSE" else None))
     key = {"DET": "clause_det", "SEG": "clause_seg", "POSE": "clause_pose"}[route]
-    return ctx.clause(key, cats=join_words(cats)), join_words([f"{c} [{route}]" for c in cats]), targets
+    words = {"cats": join_words(cats), "cats_pl": join_words([plural_phrase(c) for c in cats])}
+    return ctx.clause(key, **words), join_words([f"{c} [{route}]" for c in cats]), targets
 
 
 BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {
