@@ -58,7 +58,7 @@ SHARED: dict[str, tuple[str, ...]] = {
     # politeness around imperatives; "" is weighted up so plain requests stay the most common
     # (the frames after "now " and ", thanks" were added for the checkpoint after the second LLM-trained alignment:
     # with four tails in training, an unseen tail such as ", if you don't mind" drew an extra route in 23 of 67
-    # held-out requests; EVAL.md "Wider politeness frames")
+    # held-out requests; EVAL.md "Wider frames and plural requests", which also added the {cats_pl} patterns)
     "pre": ("", "", "", "", "", "please ", "please ", "could you ", "can you ", "would you ", "I'd like you to ",
             "I want you to ", "please could you ", "now ", "", "", "", "kindly ", "could you please ",
             "would you please ", "can you please ", "go ahead and ", "please go ahead and ", "try to ", "just ",
