@@ -1,9 +1,9 @@
-"""Routing on plainly worded requests written by hand, outside the instruction grammar.
+"""Routing on plainly worded requests written by hand, not drawn from the instruction grammar.
 
     python bench/natural_requests.py [--model shapes] [--json]
 
-The grammar's held-out part (`superlink eval --wording heldout`) varies one choice point at a time inside
-patterns the grammar knows. These are requests as a person types them ("Find all of the blue squares.",
+The grammar's held-out part (`superlink eval --wording heldout`) puts unseen choices (verbs, frames, casing,
+typos) into patterns the grammar knows. These are requests as a person types them ("Find all of the blue squares.",
 "Can you cut out the hexagons?", "Detect the squares, then draw a red star."), written for this benchmark, not
 drawn from the grammar. Some are plain enough that the training grammar also writes them: with the categories
 masked, 16 of the 48 were among 27 000 sampled training wordings (most of them the text questions and [GRD]
