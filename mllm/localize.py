@@ -120,7 +120,8 @@ def strip_location_tokens(text: str) -> str:
 _SPECIAL_RE = re.compile(r"<[a-z]+(?:_-?\d+)?>|\[[A-Z]+(?:_Q)?\]")
 _TRIGGER_RE = re.compile(
     r"\b(?:detect|find|locate|segment|identify|mark|outline|show(?:\s+me)?|box|label|categories|classes|mask|spot"
-    r"|isolate|pinpoint|(?:cut|carve|pick)\s+out|track\s+down|look\s+for|around|where\s+are)\b\s*",
+    r"|isolate|pinpoint|(?:cut|carve|pick)\s+out|track\s+down|look\s+for|around|where\s+are"
+    r"|put\s+(?:an?\s+)?(?:bounding\s+)?box(?:es)?\s+on)\b\s*",
     re.I,
 )
 _FILLER_RE = re.compile(
@@ -130,7 +131,7 @@ _FILLER_RE = re.compile(
 )
 _TAIL_RE = re.compile(
     r"\s+(?:in|on|within|from)\s+(?:the|this|that|these|each|my)\s+(?:image|picture|photo|snapshot|scene|frame)s?\b.*"
-    r"|\s+(?:as|with|using|by)\s+(?:an?\s+)?(?:polygons?|outlines?|contours?|boxes|bounding\s+boxes|masks?|points?)\b.*",
+    r"|\s+(?:as|with|using|by)\s+(?:an?\s+)?(?:polygons?|outlines?|contours?|box(?:es)?|bounding\s+box(?:es)?|masks?|points?)\b.*",
     re.I | re.S,
 )
 _INTRO_RE = re.compile(r"\b(?:each|every|for(?!\s+me\b)|of)\b\s*", re.I)
@@ -162,10 +163,12 @@ def parse_class_list(instruction: str) -> list[str]:
     rest = text[m.end() :] if m else text
     if ":" in rest:  # "detect the following: a, b" / "Find: a, b"
         rest = rest.split(":", 1)[1]
-    else:  # "... coordinates of each a, b": the list starts after the last "of/each/every/for" before it
-        intro = list(_INTRO_RE.finditer(re.split(r"[,;]", rest, maxsplit=1)[0]))
+    else:  # "... coordinates of each a, b": the list starts after the last "of/each/every/for" before the list's
+        # first separator ("find every a and every b" starts at the first "every")
+        intro = list(_INTRO_RE.finditer(rest))
         if intro:
-            rest = rest[intro[-1].end() :]
+            sep = re.compile(r"[,;]|\band\b", re.I).search(rest, intro[0].end())
+            rest = rest[[m for m in intro if sep is None or m.end() <= sep.start()][-1].end() :]
         elif m is None:
             return []
     rest = _CLAUSE_TAIL_RE.sub("", rest)  # after the list's start, so "do me a favour and give ..." keeps its list

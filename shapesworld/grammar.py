@@ -154,18 +154,25 @@ CORES: dict[str, Cores] = {
          "draw (boxes|bounding boxes) around (each|every) {cats}", "(run|do) detection for {cats}",
          "^<in_image>, <det_verb> <each> {cats}", "<det_verb> (all |)the {cats_pl}[ <in_image>]",
          "<det_verb> all {cats_pl}", "draw (boxes|bounding boxes) around (all |)the {cats_pl}",
-         "~put a box around (each|every) {cats}", "~<det_verb> any and all instances of {cats}"),
+         "~put a box around (each|every) {cats}", "~<det_verb> any and all instances of {cats}",
+         "+<det_verb> the {cats_pl}", "+<det_verb> the {cats_pl}", "+<det_verb> {the_cats_pl}[ <in_image>]",
+         "+<det_verb> {cats_every}[ <in_image>]", "+put (boxes|bounding boxes) on (all |)the {cats_pl}",
+         "+put a (box|bounding box) on (each|every) {cats}", "+mark (each|every) {cats} with a box"),
         ("where are the objects of class {cats}?", "can you (find|detect|locate) (all |)the {cats_pl}?",
-         "where are (all |)the {cats_pl}[ <in_image>]?", "~which objects are of class {cats}?")),
+         "where are (all |)the {cats_pl}[ <in_image>]?", "~which objects are of class {cats}?",
+         "+can you (find|detect|locate|show me) {the_cats_pl}?", "+where are {the_cats_pl}?")),
     "segmentation": Cores(
         ("<seg_verb> <each> {cats}[ <in_image>]", "<seg_verb> {cats}", "give [instance ]masks for {cats}",
          "produce a mask for (each|every) {cats}", "run instance segmentation for {cats}",
          "mask all instances of {cats}", "outline the pixels of (each|every) {cats}",
          "^<in_image>, <seg_verb> <each> {cats}", "<seg_verb> (all |)the {cats_pl}[ <in_image>]",
          "<seg_verb> all {cats_pl}", "give [me ](masks|instance masks|segmentation masks) (for|of) (all |)the {cats_pl}",
-         "~fill in a mask for (each|every) {cats}"),
+         "~fill in a mask for (each|every) {cats}",
+         "+<seg_verb> the {cats_pl}", "+<seg_verb> {the_cats_pl}[ <in_image>]", "+<seg_verb> {cats_every}",
+         "+give [me ]a (mask|segmentation mask) for (each|every) {cats}", "+give [me ]a mask of (each|every) {cats}",
+         "+make masks (for|of) (all |)the {cats_pl}"),
         ("which pixels belong to (each|every) {cats}?", "can you (segment|mask) (all |)the {cats_pl}?",
-         "~what pixels make up (each|every) {cats}?")),
+         "~what pixels make up (each|every) {cats}?", "+can you (segment|mask|cut out) {the_cats_pl}?")),
     "native_detection": Cores(
         ("<det_verb> {cats} and (give|return|report) their box coordinates",
          "output the box coordinates of <each> {cats}", "list the boxes of <each> {cats} as coordinates",
@@ -179,7 +186,9 @@ CORES: dict[str, Cores] = {
          "locate the (corners|vertices) of <each> {cats}", "run keypoint detection for {cats}",
          "find the defining points of each {cats}", "(find|give|mark|show) the (keypoints|key points) of (all |)the {cats_pl}",
          "locate the (corners|vertices) of (all |)the {cats_pl}", "estimate the pose of (all |)the {cats_pl}",
-         "~pinpoint the (corners|vertices|keypoints) of <each> {cats}", "~trace the key points of <each> {cats}"),
+         "~pinpoint the (corners|vertices|keypoints) of <each> {cats}", "~trace the key points of <each> {cats}",
+         "+(find|give|mark|show) the (keypoints|key points) of {the_cats_pl}", "+estimate the pose of {the_cats_pl}",
+         "+(find|give|mark|show) the (keypoints|key points) of {cats_every}"),
         ("where are the (vertices|corners|keypoints) of (each|every) {cats}?",
          "where are the (vertices|corners|keypoints) of (all |)the {cats_pl}?",
          "~what are the keypoints of (each|every) {cats}?")),
@@ -421,8 +430,11 @@ def _unmark(text: str) -> str:
     return re.sub(f"[{_MARKS}]", "", text)
 
 
-def _cores(key: str, templates: Sequence[str] = ()) -> list[tuple[str, bool, str]]:
+def _cores(key: str, templates: Sequence[str] = (), mode: str | None = None) -> list[tuple[str, bool, str]]:
     """(pattern, held out, kind) of a key; kind is "imp" (takes a politeness frame), "own" (has its own) or "q".
+
+    Patterns marked "+" are training-only additions made after the held-out set was fixed: `mode` "heldout"
+    leaves them out, so held-out requests (and their random draws) stay the same across grammar widenings.
 
     A clause key (compound part) gets its family's imperatives that can stand inside a sentence;
     a key without grammar (polygon) uses its templates, `templates`.
@@ -436,12 +448,14 @@ def _cores(key: str, templates: Sequence[str] = ()) -> list[tuple[str, bool, str
         cores = Cores(tuple(t.rstrip(".") for t in lower if not t.endswith("?")), tuple(t for t in lower if t.endswith("?")))
     out = []
     for p in cores.imperative:
+        extra, p = p.startswith("+"), p.lstrip("+")
         held, p = p.startswith("~"), p.lstrip("~")
         own, p = p.startswith("^"), p.lstrip("^")
-        if not (family and own):
+        if not (family and own) and not (extra and mode == "heldout"):
             out.append((p, held, "own" if own else "imp"))
     if not family:
-        out += [(p.lstrip("~"), p.startswith("~"), "q") for p in cores.question]
+        out += [(p.lstrip("+~"), p.startswith("~"), "q") for p in cores.question
+                if not (p.startswith("+") and mode == "heldout")]
     return out
 
 
@@ -477,7 +491,7 @@ def _typo(text: str, s: _Sampler, forced: str | None = None) -> str:
 def clause(key: str, rng: np.random.Generator, mode: str, **slots: object) -> Wording:
     """A compound clause: an imperative core, lower case, no frame; slot values stay marked for `render`."""
     s = _Sampler(rng, mode)
-    cores = _cores(key)  # clause keys always have a grammar (CLAUSE_OF)
+    cores = _cores(key, mode=mode)  # clause keys always have a grammar (CLAUSE_OF)
     k = s.pick("pattern", [p for p, _, _ in cores], [h for _, h, _ in cores])
     return Wording(s.expand(parse(cores[k][0]), {n: _protect(v) for n, v in slots.items()}, key), s.used)
 
@@ -503,7 +517,7 @@ def _render_once(key: str, rng: np.random.Generator, mode: str, clause_heldout: 
                  templates: Sequence[str], slots: Mapping[str, object], force_casing: str | None = None) -> Wording:
     s = _Sampler(rng, mode)
     s.used += list(clause_heldout)
-    cores = _cores(key, templates)
+    cores = _cores(key, templates, mode)
     k = s.pick("pattern", [p for p, _, _ in cores], [h for _, h, _ in cores])
     text = s.expand(parse(cores[k][0]), {n: _protect(v) for n, v in slots.items()}, key)
     if cores[k][2] == "imp":  # a politeness frame around it ("please" at most once)

@@ -169,6 +169,14 @@ def plural_phrase(category: str) -> str:
     return " ".join([*words, plural(kind)])
 
 
+def category_slots(cats: Sequence[str]) -> dict[str, str]:
+    """The ways a request names its categories: "red circle and star", "red circles and stars",
+    "the red circles and the stars", "every red circle and every star"."""
+    return {"cats": join_words(cats), "cats_pl": join_words([plural_phrase(c) for c in cats]),
+            "the_cats_pl": join_words([f"the {plural_phrase(c)}" for c in cats]),
+            "cats_every": join_words([f"every {c}" for c in cats])}
+
+
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -405,7 +413,7 @@ def _routed_categories(ctx: _Ctx, task: str, route: str) -> TaskSample:
         boxes, masks, kps = _stack([o for o in scene.objects if _matches(o, cat)], scene.image_size)
         targets.append(RouteTarget(route, cat, boxes, masks, kps if route == "POSE" else None))
     answer = "Sure, " + join_words([f"{c} [{route}]" for c in cats]) + "."
-    instruction = _with_image(ctx.template(task, cats=join_words(cats), cats_pl=join_words([plural_phrase(c) for c in cats])))
+    instruction = _with_image(ctx.template(task, **category_slots(cats)))
     return TaskSample(task, render(scene), instruction, answer, targets, classes=cats, scene=scene)
 
 
@@ -492,6 +500,12 @@ def _edit(ctx: _Ctx, source: Scene) -> tuple[str, Scene] | None:
         return None
     k = int(_pick(rng, unique))
     name = f"{objs[k].color} {objs[k].kind}"
+    # Training wordings also name an object by its kind alone when no other object has that kind ("remove the
+    # circle"): people do, and with colour-and-kind names only, "Make the star red." was routed as [GRD]. Drawn from
+    # a derived generator and never in template or held-out wordings, so scenes and evaluation requests stay put.
+    if ctx.wording in grammar.TRAINING and sum(o.kind == objs[k].kind for o in objs) == 1 and (
+            _derived_rng(rng, "edit_name").random() < 0.5):
+        name = objs[k].kind
     if op == "remove":
         if len(specs) == 1:
             return None
@@ -592,8 +606,7 @@ def _compound_part(ctx: _Ctx, scene: Scene, part: str) -> tuple[tuple[str, gramm
         targets.append(RouteTarget(route, cat, boxes, None if route == "POSE" else masks,
                                    kps if route == "POSE" else None))
     key = {"DET": "clause_det", "SEG": "clause_seg", "POSE": "clause_pose"}[route]
-    words = {"cats": join_words(cats), "cats_pl": join_words([plural_phrase(c) for c in cats])}
-    return ctx.clause(key, **words), join_words([f"{c} [{route}]" for c in cats]), targets
+    return ctx.clause(key, **category_slots(cats)), join_words([f"{c} [{route}]" for c in cats]), targets
 
 
 BUILDERS: dict[str, Callable[[_Ctx], TaskSample]] = {

@@ -24,11 +24,13 @@ def test_requests_name_known_routes_and_are_not_templates():
     groups = {"det": {"DET"}, "seg": {"SEG"}, "grd": {"GRD"}, "pose": {"POSE"}, "text": set(), "gen": {"GEN"},
               "edit": {"EDIT"}}
     templates = {t.lower().rstrip(".?!") for ts in TEMPLATES.values() for t in ts}
-    for group, want, text in natural_requests.REQUESTS:
+    every = natural_requests.SETS["all"]
+    assert len(every) == sum(len(v) for k, v in natural_requests.SETS.items() if k != "all")
+    for group, want, text in every:
         assert set(want) <= {"DET", "SEG", "GRD", "POSE", "GEN", "EDIT"}, text
         assert group == "compound" and len(want) > 1 or set(want) == groups[group], text
         assert text.lower().rstrip(".?!") not in templates, text
-    assert len({text for _, _, text in natural_requests.REQUESTS}) == len(natural_requests.REQUESTS)
+    assert len({text.lower().rstrip(".?!") for _, _, text in every}) == len(every)  # no request in two sets
 
 
 @pytest.mark.skipif(not (ROOT / "checkpoints" / "shapes" / "superlink.yaml").is_file(), reason="no shipped checkpoint")

@@ -8,7 +8,7 @@ import pytest
 
 from mllm.localize import parse_class_list
 from shapesworld import grammar
-from shapesworld.tasks import TASK_TEMPLATES, TASKS, TEMPLATES, make_sample, plural_phrase
+from shapesworld.tasks import TASK_TEMPLATES, TASKS, TEMPLATES, category_slots, make_sample, plural_phrase
 
 N = 24  # samples per task and wording
 TEMPLATES_TEXT = [t for ts in TEMPLATES.values() for t in ts]
@@ -205,3 +205,26 @@ def test_tokenizer_round_trips_heldout_wordings():
         ids = tok.encode(text, add_special_tokens=False)
         assert tok.unk_token_id is None or tok.unk_token_id not in ids
         assert tok.decode(ids) == text
+
+
+def test_training_only_patterns_never_reach_held_out_requests():
+    """Patterns marked "+" (added after the held-out set was fixed) are training wordings only: "heldout" mode
+    leaves them out, so the held-out requests stay what earlier checkpoints were scored on."""
+    plus = [p for c in grammar.CORES.values() for p in (*c.imperative, *c.question) if p.startswith("+")]
+    assert plus, "no training-only pattern to check"
+    for key in grammar.CORES:
+        train = {p for p, _, _ in grammar._cores(key, mode="train")}
+        held = {p for p, _, _ in grammar._cores(key, mode="heldout")}
+        extra = {p.lstrip("+~^") for p in (*grammar.CORES[key].imperative, *grammar.CORES[key].question) if p.startswith("+")}
+        assert held == train - extra and extra <= train, key
+    slots = category_slots(["red circle", "star"])
+    assert slots["the_cats_pl"] == "the red circles and the stars"
+    assert slots["cats_every"] == "every red circle and every star"
+    rng = np.random.default_rng(3)
+    texts = [grammar.render("detection", rng, "train", **slots).text.lower() for _ in range(600)]
+    assert any("the red circles and the stars" in t for t in texts)
+    assert any("every red circle and every star" in t for t in texts)
+    assert any("put boxes on" in t or "put bounding boxes on" in t for t in texts)
+    rng = np.random.default_rng(4)
+    held = [grammar.render("detection", rng, "heldout", **slots).text.lower() for _ in range(600)]
+    assert not any("every red circle and every star" in t or "the red circles and the stars" in t for t in held)
