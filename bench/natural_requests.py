@@ -139,7 +139,8 @@ REQUESTS_B: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 # A third set, written on 2026-12-01 after set B's results on the checkpoint of that day were seen and before any
-# model trained on the widened grammar was run on it: the blind check of that widening (EVAL.md).
+# model trained on the widened grammar was run on it: the blind check of that widening (EVAL.md). It stayed blind
+# for configs/shapes_frames_wide.yaml and shapes_frames_edit.yaml; shapes_frames_plural.yaml came after its failures.
 REQUESTS_C: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("det", ("DET",), "Find the stars."),
     ("det", ("DET",), "Please detect the yellow circles."),

@@ -155,8 +155,9 @@ CORES: dict[str, Cores] = {
          "^<in_image>, <det_verb> <each> {cats}", "<det_verb> (all |)the {cats_pl}[ <in_image>]",
          "<det_verb> all {cats_pl}", "draw (boxes|bounding boxes) around (all |)the {cats_pl}",
          "~put a box around (each|every) {cats}", "~<det_verb> any and all instances of {cats}",
-         # "find the stars" ([DET]) against "find the star" ([GRD]) differ by one "s" token: eight copies make it about
-         # a tenth of [DET] requests, as common as "find the X" is among [GRD] ones (with two, 4%, it was not learnt)
+         # "find the stars" ([DET]) against "find the star" ([GRD]) differ by one "s" token: with eight copies "find/locate
+         # the Xs" is 8% of [DET] requests, about as common as "find/locate the X" among [GRD] ones (9%); with two (4%) it
+         # was not learnt
          *("+<det_verb> the {cats_pl}",) * 8, *("+<det_verb> {the_cats_pl}[ <in_image>]",) * 2,
          "+<det_verb> {cats_every}[ <in_image>]", "+put (boxes|bounding boxes) on (all |)the {cats_pl}",
          "+put a (box|bounding box) on (each|every) {cats}", "+mark (each|every) {cats} with a box"),

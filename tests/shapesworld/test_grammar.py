@@ -8,6 +8,7 @@ import pytest
 
 from mllm.localize import parse_class_list
 from shapesworld import grammar
+from shapesworld.constants import COLORS, KINDS
 from shapesworld.tasks import TASK_TEMPLATES, TASKS, TEMPLATES, category_slots, make_sample, plural_phrase
 
 N = 24  # samples per task and wording
@@ -228,3 +229,23 @@ def test_training_only_patterns_never_reach_held_out_requests():
     rng = np.random.default_rng(4)
     held = [grammar.render("detection", rng, "heldout", **slots).text.lower() for _ in range(600)]
     assert not any("every red circle and every star" in t or "the red circles and the stars" in t for t in held)
+
+
+def test_training_wordings_name_an_edited_object_by_its_kind_when_it_is_unique():
+    """Training edits sometimes say "remove the circle" (the kind unique in the scene); template and held-out edits
+    keep colour and kind, and the draw comes from a derived generator, so the edited scenes stay the same."""
+    kinds = "|".join(KINDS)
+    bare = re.compile(rf"\bthe ({kinds})\b", re.I)
+    colored = re.compile(rf"\bthe ({'|'.join(COLORS)}) ({kinds})\b", re.I)
+    found = 0
+    for i in range(300):
+        train = make_sample("editing", np.random.default_rng([21, i]), wording="train")
+        template = make_sample("editing", np.random.default_rng([21, i]), wording="template")
+        assert np.array_equal(train.targets[0].image, template.targets[0].image)
+        if "the " in template.instruction.lower() and not colored.search(template.instruction):
+            assert not bare.search(template.instruction), template.instruction
+        kind = bare.search(train.instruction)
+        if kind and not colored.search(train.instruction):
+            found += 1
+            assert sum(o.kind == kind.group(1).lower() for o in train.scene.objects) == 1, train.instruction
+    assert found > 10
