@@ -3,6 +3,8 @@
     python bench/aligned_links.py teacher --routes DET,SEG,GRD [--budget-cpu-min 20 | --steps N] [--init DIR] --out DIR [--json]
     python bench/aligned_links.py align --model shapes --teacher DIR [--teacher DIR2] [--steps 600]
                                       [--train-llm] [--scenes 200] [--export OUT] [--json]
+    python bench/aligned_links.py anchor --model DIR --reference shapes [--routes DET,SEG,GRD,POSE] [--steps 1600]
+                                       [--scenes 200] [--export OUT] [--json]
 
 `teacher` trains the routes' decoders from scratch on phrase-encoder conditioning
 (`training.teacher.train_teacher`; routes that share a decoder in the config share it here) and scores each
@@ -13,6 +15,11 @@ projectors (with --train-llm the LLM and its queries as well, LM loss kept) to m
 onto the frozen teacher encoders' vectors for the same phrases (`training.teacher.align_links`). It then
 scores each route's family on --scenes val scenes, generated and teacher-forced, and --export writes the
 aligned model as a loadable folder.
+
+`anchor` needs no teachers: it copies the reference model's decoders and projectors into the model and trains
+the model's LLM so that its link states, for the training wordings of a request, map to the vectors the
+reference gives for the request's template wording (`training.teacher.anchor_links`, LM loss and replay kept).
+For a model whose LLM was trained on (LM only) after the reference's decoders were fitted.
 
 With --json the last line is one JSON object (per route: steps, the metrics; for align: alignment cosine,
 generated and forced metrics).
@@ -38,7 +45,7 @@ from evaluation.suite import evaluate_pipeline  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.pipeline import Pipeline  # noqa: E402
 from training.specialists import DECODER_TASKS  # noqa: E402
-from training.teacher import PERCEPTION, Teacher, align_links, train_teacher  # noqa: E402
+from training.teacher import PERCEPTION, Teacher, align_links, anchor_links, train_teacher  # noqa: E402
 
 KEYS = {"DET": ("det_ap", "det_ap50", "det_ap_agnostic", "phrase_acc"), "SEG": ("seg_ap", "phrase_acc"),
         "GRD": ("grd_acc50",), "POSE": ("pose_ap", "phrase_acc")}
@@ -82,15 +89,41 @@ def cmd_align(args: argparse.Namespace) -> dict:
             pipe.save_pretrained(args.export)
             result["export"] = args.export
         routes = [r for path in args.teacher for r in json.loads((Path(path) / "teacher.json").read_text())["routes"]]
-        for r in routes:
-            family = DECODER_TASKS[r]
-            for name, forced in (("generated", False), ("forced", True)):
-                t0 = time.perf_counter()
-                m = evaluate_pipeline(pipe, n=args.scenes, families=(family,), teacher_force=forced, wording="template")
-                result.setdefault(r, {})[name] = {k: m.get(k) for k in KEYS[r]}
-                print(f"{r} {name}: {result[r][name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        score_routes(pipe, routes, args.scenes, result)
     finally:
         pipe.close()
+    return result
+
+
+def score_routes(pipe: Pipeline, routes: list[str], scenes: int, result: dict) -> None:
+    for r in routes:
+        family = DECODER_TASKS[r]
+        for name, forced in (("generated", False), ("forced", True)):
+            t0 = time.perf_counter()
+            m = evaluate_pipeline(pipe, n=scenes, families=(family,), teacher_force=forced, wording="template")
+            result.setdefault(r, {})[name] = {k: m.get(k) for k in KEYS[r]}
+            print(f"{r} {name}: {result[r][name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+def cmd_anchor(args: argparse.Namespace) -> dict:
+    pipe, reference = Pipeline.from_pretrained(args.model), Pipeline.from_pretrained(args.reference)
+    result: dict = {"model": args.model, "reference": args.reference, "routes": list(args.routes),
+                    "steps": args.steps, "llm_lr": args.llm_lr, "replay_weight": args.replay_weight,
+                    "scenes": args.scenes}
+    try:
+        out = anchor_links(pipe, reference, args.routes, args.steps, llm_lr=args.llm_lr,
+                           replay_weight=args.replay_weight, wording=args.wording, seed=args.seed,
+                           log=lambda m: print(m, flush=True))
+        result["anchor"] = {"cosine": out.cosine, "train_s": out.train_s}
+        reference.close()
+        if args.export:
+            pipe.save_pretrained(args.export)
+            result["export"] = args.export
+        if args.scenes:
+            score_routes(pipe, list(args.routes), args.scenes, result)
+    finally:
+        pipe.close()
+        reference.close()
     return result
 
 
@@ -119,7 +152,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="--train-llm: LM loss of one batch of the model's whole training mix per step (0: none)")
     a.add_argument("--scenes", type=int, default=200, help="val scenes per route's family")
     a.add_argument("--export", default=None, help="save the aligned model here")
-    for p in (t, a):
+    n = sub.add_parser("anchor", help="pull a model's link states back to a reference model's (no teachers)")
+    n.add_argument("--model", required=True, help="the model whose LLM moved")
+    n.add_argument("--reference", default="shapes", help="the model its decoders were fitted on")
+    n.add_argument("--routes", type=routes_arg, default=PERCEPTION)
+    n.add_argument("--steps", type=int, default=1600, help="anchoring steps in all (the routes take turns)")
+    n.add_argument("--llm-lr", type=float, default=1e-4)
+    n.add_argument("--replay-weight", type=float, default=1.0)
+    n.add_argument("--wording", default=None, help="the model's instructions' wording (default: its training wording)")
+    n.add_argument("--scenes", type=int, default=200, help="val scenes per route's family (0: do not score)")
+    n.add_argument("--export", default=None, help="save the anchored model here")
+    for p in (t, a, n):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--json", action="store_true")
@@ -127,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "teacher" and args.budget_cpu_min is None and args.steps is None:
         args.budget_cpu_min = 3.0
     torch.set_num_threads(args.threads)
-    result = cmd_teacher(args) if args.cmd == "teacher" else cmd_align(args)
+    result = {"teacher": cmd_teacher, "align": cmd_align, "anchor": cmd_anchor}[args.cmd](args)
     if args.json:
         print(json.dumps(result))
 

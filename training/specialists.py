@@ -168,10 +168,15 @@ class Specialist:
         return METRICS[self.name]
 
 
-def task_samples(cfg: SuperLinkConfig, task: str, step: int, seed: int) -> list[TaskSample]:
-    """Batch `step` of one task: a pure function of (seed, task, step), like training.train.batch_samples."""
+def task_samples(cfg: SuperLinkConfig, task: str, step: int, seed: int,
+                 wording: str = "template") -> list[TaskSample]:
+    """Batch `step` of one task: a pure function of (seed, task, step), like training.train.batch_samples.
+
+    `wording` words the instructions only (`shapesworld.tasks`): the scenes, targets and answers of a batch are
+    the same whatever it is.
+    """
     rng = np.random.default_rng([seed, TASK_INDEX[task], step])
-    return [make_sample(task, rng, cfg.training.image_size, cfg.model.vocab.location_bins)
+    return [make_sample(task, rng, cfg.training.image_size, cfg.model.vocab.location_bins, wording)
             for _ in range(cfg.training.batch_size)]
 
 

@@ -301,3 +301,92 @@ def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed:
     system.eval()
     return AlignResult(steps, round(time.perf_counter() - t0, 1), mse,
                        {r: round(float(np.mean(v[-100:])), 4) for r, v in cos.items() if v})
+
+
+# ---- anchoring to a reference model --------------------------------------------------------------------
+def install_heads(system: SuperLinkSystem, reference: SuperLinkSystem, routes: Sequence[str]) -> list[str]:
+    """Copy the reference's decoders and the routes' projectors into `system`; returns the decoder names."""
+    names = sorted({reference.binding(r).decoder for r in routes})
+    for name in names:
+        if name not in system.decoders:
+            raise ValueError(f"the system has no decoder {name!r} to take the reference's weights "
+                             f"(it has {sorted(system.decoders)})")
+        system.decoders[name].load_state_dict(reference.decoders[name].state_dict())
+    for r in routes:
+        system.projectors[r].load_state_dict(reference.projectors[r].state_dict())
+    return names
+
+
+def anchor_links(pipe: Any, reference: Any, routes: Sequence[str], steps: int, llm_lr: float = 1e-4,
+                 lm_weight: float = 1.0, replay_weight: float = 1.0, wording: str | None = None, seed: int = 0,
+                 warmup: int = 50, log: Callable[[str], None] | None = None) -> AlignResult:
+    """Train `pipe`'s LLM so that its links give, for any wording of a request, the link vectors the reference
+    model gives for the request's template wording; the decoders and the routes' projectors are the
+    reference's (copied in, then frozen), so they read what they were trained on.
+
+    Use: a model whose LLM was trained on (LM loss only) after the decoders were fitted to its links, e.g. to
+    widen its language, has link states the decoders never saw. Rather than fit the decoders again (which needs
+    teachers, or costs the decoders' accuracy), pull the LLM's link states back to those of the model the
+    decoders were fitted on. Teacher-forced on each route's task, the batch's scenes, targets and answers are
+    the same in both wordings (`training.specialists.task_samples`), so each link group has its target.
+
+    Objective per step: MSE(project(link states | the batch in `wording`), the reference's projected link
+    states | the batch in template wording) + lm_weight x the LM loss on the same batch + replay_weight x the LM
+    loss of one batch of the model's whole training mix (as `align_links`). `wording` defaults to the model's
+    training wording. The image side (vision tower, connector) stays as it is.
+    """
+    system, cfg = pipe.system, pipe.config
+    ref_system = reference.system
+    model, ref_model = system.model, ref_system.model
+    bad = [r for r in routes if r not in system.projectors or r not in ref_system.projectors]
+    if bad or not routes:
+        raise ValueError(f"routes {list(bad or routes)} are not deployed in both models; accepted: "
+                         f"{', '.join(r for r in system.projectors if r in ref_system.projectors)}")
+    wording = wording or cfg.training.wording
+    install_heads(system, ref_system, routes)
+    system.eval().requires_grad_(False)
+    ref_system.eval().requires_grad_(False)
+    model.train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(".vision_tower." not in name and not is_connector(f"model.{name}"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": params, "lr": llm_lr}], weight_decay=cfg.training.weight_decay)
+    sched = build_scheduler(opt, StageConfig(name="anchor", steps=1, warmup_steps=warmup, lr={}))
+    mse: dict[str, list[float]] = {r: [] for r in routes}
+    cos: dict[str, list[float]] = {r: [] for r in routes}
+    t0 = time.perf_counter()
+    for step in range(steps):
+        route = routes[step % len(routes)]
+        batch = 20_000 + step // len(routes)
+        reference_samples = task_samples(cfg, DECODER_TASKS[route], batch, seed, wording="template")
+        samples = task_samples(cfg, DECODER_TASKS[route], batch, seed, wording=wording)
+        with torch.no_grad():
+            ref_links = ref_model(**model_inputs(collate(reference.processor, reference_samples).inputs)).link_states[route]
+            target = ref_system.project(route, ref_links.states)
+        out = model(**model_inputs(collate(pipe.processor, samples).inputs))
+        links = out.link_states[route]
+        rows, ref_rows = links.index[:, 0], ref_links.index[:, 0]  # positions differ with the wording; rows not
+        if rows.shape != ref_rows.shape or not torch.equal(rows, ref_rows):
+            raise RuntimeError(f"step {step}: the {route} link groups differ between the two wordings "
+                               f"(rows {rows.tolist()} vs {ref_rows.tolist()}); the answers must be the same")
+        mapped = system.project(route, links.states)
+        loss = F.mse_loss(mapped, target)
+        total = loss + lm_weight * out.loss
+        if replay_weight > 0:
+            replay = batch_samples(cfg, REPLAY_OFFSET + step, 0, 0)
+            total = total + replay_weight * model(**model_inputs(collate(pipe.processor, replay).inputs)).loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm or 1.0)
+        opt.step()
+        sched.step()
+        mse[route].append(float(loss.detach()))
+        with torch.no_grad():
+            cos[route].append(float(F.cosine_similarity(mapped.mean(1), target.mean(1), dim=-1).mean()))
+        if log and (step + 1) % 100 == 0:
+            parts = " ".join(f"{r} mse {np.mean(mse[r][-50:]):.4f} cos {np.mean(cos[r][-50:]):.3f}"
+                             for r in routes if mse[r])
+            log(f"anchor step {step + 1} {parts} ({time.perf_counter() - t0:.0f}s)")
+    system.eval()
+    return AlignResult(steps, round(time.perf_counter() - t0, 1), mse,
+                       {r: round(float(np.mean(v[-100:])), 4) for r, v in cos.items() if v})

@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from router.pipeline import Pipeline
-from training.teacher import Teacher, align_links, build_teacher, install_decoders, link_texts, train_teacher
+from training.teacher import (
+    Teacher,
+    align_links,
+    anchor_links,
+    build_teacher,
+    install_decoders,
+    link_texts,
+    train_teacher,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,3 +168,74 @@ def test_bench_teacher_then_align_exports_a_loadable_model(tmp_path):
     assert a["DET"]["forced"]["phrase_acc"] == 1.0 and -1.0 <= a["align"]["DET"]["cosine"] <= 1.0
     pipe = Pipeline.from_pretrained(tmp_path / "m")
     pipe.close()
+
+
+def _perturbed(pipe: Pipeline, seed: int) -> None:
+    """Move every weight of `pipe`'s system a little, so it is another model of the same shape."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in pipe.system.parameters():
+            if p.is_floating_point():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+def test_anchoring_copies_the_reference_heads_and_pulls_the_llm_to_its_links(monkeypatch):
+    import training.teacher
+
+    pipe, reference = Pipeline.from_pretrained("tiny"), Pipeline.from_pretrained("tiny")
+    _perturbed(reference, 0)
+    wordings: list[str] = []
+    real = training.teacher.task_samples
+
+    def spy(cfg, task, step, seed, wording="template"):
+        wordings.append(wording)
+        return real(cfg, task, step, seed, wording=wording)
+
+    monkeypatch.setattr(training.teacher, "task_samples", spy)
+    try:
+        model = pipe.system.model
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        ref_state = {k: v.clone() for k, v in reference.system.state_dict().items()}
+        out = anchor_links(pipe, reference, ("DET", "POSE"), steps=40, llm_lr=1e-3, replay_weight=0.0,
+                           wording="train", warmup=1)
+        # the reference's decoders and projectors are in place and nothing of the reference moved
+        for name in ("detector", "keypoints"):
+            for k, v in reference.system.decoders[name].state_dict().items():
+                assert torch.equal(pipe.system.decoders[name].state_dict()[k], v), (name, k)
+        for r in ("DET", "POSE"):
+            for k, v in reference.system.projectors[r].state_dict().items():
+                assert torch.equal(pipe.system.projectors[r].state_dict()[k], v), (r, k)
+        assert all(torch.equal(v, ref_state[k]) for k, v in reference.system.state_dict().items())
+        # the LLM learnt, the image side did not, and the links moved towards the reference's
+        moved = {k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])}
+        assert any("language_model" in k for k in moved), sorted(moved)[:5]
+        assert not any("vision_tower" in k or "multi_modal_projector" in k for k in moved), sorted(moved)[:5]
+        for r in ("DET", "POSE"):
+            mse = out.mse[r]
+            assert len(mse) == 20 and np.mean(mse[-5:]) < 0.8 * np.mean(mse[:3]), (r, mse)
+        # every step words one batch as a template (the reference's) and the same batch as training wording
+        assert wordings == ["template", "train"] * 40
+    finally:
+        pipe.close()
+        reference.close()
+
+
+def test_anchoring_refuses_routes_the_models_do_not_share():
+    pipe = Pipeline.from_pretrained("tiny")
+    try:
+        with pytest.raises(ValueError, match="not deployed in both models"):
+            anchor_links(pipe, pipe, ("DET", "BOGUS"), steps=1)
+    finally:
+        pipe.close()
+
+
+def test_bench_anchor_exports_a_loadable_model(tmp_path):
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "bench/aligned_links.py", "anchor", "--model", "tiny", "--reference",
+                           "tiny", "--routes", "SEG", "--steps", "2", "--scenes", "2", "--export", str(tmp_path / "m"),
+                           "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["routes"] == ["SEG"] and -1.0 <= out["anchor"]["cosine"]["SEG"] <= 1.0
+    assert out["SEG"]["forced"]["phrase_acc"] == 1.0
+    Pipeline.from_pretrained(tmp_path / "m").close()
