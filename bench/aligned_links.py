@@ -3,7 +3,7 @@
     python bench/aligned_links.py teacher --routes DET,SEG,GRD [--budget-cpu-min 20 | --steps N] [--init DIR] --out DIR [--json]
     python bench/aligned_links.py align --model shapes --teacher DIR [--teacher DIR2] [--steps 600]
                                       [--train-llm] [--scenes 200] [--export OUT] [--json]
-    python bench/aligned_links.py anchor --model DIR --reference shapes [--routes DET,SEG,GRD,POSE] [--steps 1600]
+    python bench/aligned_links.py anchor --model DIR --reference shapes [--routes DET,SEG,GRD,POSE] [--steps 2000]
                                        [--scenes 200] [--export OUT] [--json]
 
 `teacher` trains the routes' decoders from scratch on phrase-encoder conditioning
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     n.add_argument("--model", required=True, help="the model whose LLM moved")
     n.add_argument("--reference", default="shapes", help="the model its decoders were fitted on")
     n.add_argument("--routes", type=routes_arg, default=PERCEPTION)
-    n.add_argument("--steps", type=int, default=1600, help="anchoring steps in all (the routes take turns)")
+    n.add_argument("--steps", type=int, default=2000, help="anchoring steps in all (the routes take turns)")
     n.add_argument("--llm-lr", type=float, default=1e-4)
     n.add_argument("--replay-weight", type=float, default=1.0)
     n.add_argument("--wording", default=None, help="the model's instructions' wording (default: its training wording)")
