@@ -45,7 +45,7 @@ from evaluation.suite import evaluate_pipeline  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.pipeline import Pipeline  # noqa: E402
 from training.specialists import DECODER_TASKS  # noqa: E402
-from training.teacher import PERCEPTION, Teacher, align_links, anchor_links, train_teacher  # noqa: E402
+from training.teacher import PERCEPTION, TRAINING_WORDINGS, Teacher, align_links, anchor_links, train_teacher  # noqa: E402
 
 KEYS = {"DET": ("det_ap", "det_ap50", "det_ap_agnostic", "phrase_acc"), "SEG": ("seg_ap", "phrase_acc"),
         "GRD": ("grd_acc50",), "POSE": ("pose_ap", "phrase_acc")}
@@ -115,7 +115,6 @@ def cmd_anchor(args: argparse.Namespace) -> dict:
                            replay_weight=args.replay_weight, wording=args.wording, seed=args.seed,
                            log=lambda m: print(m, flush=True))
         result["anchor"] = {"cosine": out.cosine, "train_s": out.train_s}
-        reference.close()
         if args.export:
             pipe.save_pretrained(args.export)
             result["export"] = args.export
@@ -159,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     n.add_argument("--steps", type=int, default=2000, help="anchoring steps in all (the routes take turns)")
     n.add_argument("--llm-lr", type=float, default=1e-4)
     n.add_argument("--replay-weight", type=float, default=1.0)
-    n.add_argument("--wording", default=None, help="the model's instructions' wording (default: its training wording)")
+    n.add_argument("--wording", default=None, choices=TRAINING_WORDINGS,
+                   help="the model's instructions' wording (default: its training wording)")
     n.add_argument("--scenes", type=int, default=200, help="val scenes per route's family (0: do not score)")
     n.add_argument("--export", default=None, help="save the anchored model here")
     for p in (t, a, n):

@@ -52,6 +52,7 @@ from training.specialists import (
 from training.train import batch_samples, build_scheduler, is_connector
 
 REPLAY_OFFSET = 2_000_000  # align_links' replay batches: batch_samples steps far past any training run's
+TRAINING_WORDINGS = ("template", "train", "noisy", "noisy_mixed")  # anchor_links' model wordings: no held-out one
 PERCEPTION = ("DET", "SEG", "GRD", "POSE")  # the routes a teacher can train (category or referring phrases)
 TEACHER_FILE, ENCODERS_FILE, META_FILE = "decoders.safetensors", "encoders.safetensors", "teacher.json"
 
@@ -333,7 +334,8 @@ def anchor_links(pipe: Any, reference: Any, routes: Sequence[str], steps: int, l
     Objective per step: MSE(project(link states | the batch in `wording`), the reference's projected link
     states | the batch in template wording) + lm_weight x the LM loss on the same batch + replay_weight x the LM
     loss of one batch of the model's whole training mix (as `align_links`). `wording` defaults to the model's
-    training wording. The image side (vision tower, connector) stays as it is.
+    training wording (one of `TRAINING_WORDINGS`; never "heldout"). The image side (vision tower, connector)
+    stays as it is.
     """
     system, cfg = pipe.system, pipe.config
     ref_system = reference.system
@@ -343,6 +345,9 @@ def anchor_links(pipe: Any, reference: Any, routes: Sequence[str], steps: int, l
         raise ValueError(f"routes {list(bad or routes)} are not deployed in both models; accepted: "
                          f"{', '.join(r for r in system.projectors if r in ref_system.projectors)}")
     wording = wording or cfg.training.wording
+    if wording not in TRAINING_WORDINGS:
+        raise ValueError(f"anchoring wording {wording!r} is not a training wording (held-out wordings are for "
+                         f"evaluation only); accepted: {', '.join(TRAINING_WORDINGS)}")
     install_heads(system, ref_system, routes)
     system.eval().requires_grad_(False)
     ref_system.eval().requires_grad_(False)

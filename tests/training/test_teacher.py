@@ -220,11 +220,13 @@ def test_anchoring_copies_the_reference_heads_and_pulls_the_llm_to_its_links(mon
         reference.close()
 
 
-def test_anchoring_refuses_routes_the_models_do_not_share():
+def test_anchoring_refuses_routes_the_models_do_not_share_and_held_out_wordings():
     pipe = Pipeline.from_pretrained("tiny")
     try:
         with pytest.raises(ValueError, match="not deployed in both models"):
             anchor_links(pipe, pipe, ("DET", "BOGUS"), steps=1)
+        with pytest.raises(ValueError, match="'heldout' is not a training wording"):
+            anchor_links(pipe, pipe, ("DET",), steps=1, wording="heldout")
     finally:
         pipe.close()
 
