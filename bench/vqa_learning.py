@@ -2,6 +2,7 @@
 
     python bench/vqa_learning.py [--image vision|probe|oracle|scene|answer] [--types color,shape] [--steps 1500]
                                  [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
+                                 [--objects-schedule 500:1,1500:2] [--device auto]
                                  [--pretrain-dense 800] [--freeze-image] [--json]
 
 Trains the config's SuperLink model (no decoders) on ShapesWorld VQA alone, the LM loss at one learning
@@ -19,12 +20,16 @@ What the image tokens are (--image):
   answer  a one-hot of the answer word in every token: the answer only has to be copied
 Answer types: count, exists, side, height, shape, color (read off the answer word). --types keeps only
 some in training (val keeps all); --schedule widens them by step (`until:type+type,...`, then --types);
---max-objects caps training scenes; --balanced rejection-samples training questions towards equal types.
+--max-objects caps training scenes and --objects-schedule widens that cap by step (`until:max,...`, then
+--max-objects): a curriculum from one-object scenes, where a question needs no lookup, to crowded
+ones; --balanced rejection-samples training questions towards equal types.
 With a config that has model.dense_probe, its per-patch loss is added to the LM loss (vision only);
 --pretrain-dense N first trains the tower, connector and probe N steps on that loss alone, and
 --freeze-image keeps them fixed afterwards, so only the LLM learns the questions.
+--device cuda (or auto) runs the same on a GPU, float32, for runs too long for this CPU.
 The prior is the share of val questions whose answer is their type's most frequent answer. With --json
-the last line is one JSON object: steps, acc, acc_by_type, acc_one_object, prior, prior_by_type, history.
+the last line is one JSON object: steps, acc, acc_by_type, acc_one_object, acc_one_object_by_type, prior,
+prior_by_type, history.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import shapesworld.tasks as tasks  # noqa: E402
+from mllm.devices import resolve_device  # noqa: E402
 from mllm.modeling import SuperLinkModel  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.loss import collate, dense_probe_loss, dense_targets, model_inputs  # noqa: E402
 from router.system import build_system  # noqa: E402
 from shapesworld.constants import COLORS, KINDS  # noqa: E402
-from shapesworld.scene import DENSE_LABELS, sample_scene  # noqa: E402
+from shapesworld.scene import DENSE_LABELS, MAX_OBJECTS, sample_scene  # noqa: E402
 from training.train import build_optimizer, build_scheduler, is_connector, set_trainable  # noqa: E402
 
 TYPES = ("count", "exists", "side", "height", "shape", "color")
@@ -71,6 +77,21 @@ def answer_type(answer: str) -> str:
     if a in COLORS:
         return "color"
     raise ValueError(f"VQA answer {answer!r} of no known type")
+
+
+def on(device: torch.device, inputs: dict) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def parse_objects_schedule(text: str) -> list[tuple[int, int]]:
+    try:
+        out = [(int(until), int(cap)) for until, cap in (part.split(":") for part in filter(None, text.split(",")))]
+    except ValueError:
+        raise SystemExit(f"--objects-schedule {text!r}: expected until:max_objects,... with whole numbers, "
+                         "e.g. 500:1,1500:2") from None
+    if any(not 1 <= cap <= MAX_OBJECTS for _, cap in out):
+        raise SystemExit(f"--objects-schedule: a scene holds 1 to {MAX_OBJECTS} objects")
+    return out
 
 
 def parse_schedule(text: str) -> list[tuple[int, set[str]]]:
@@ -136,7 +157,7 @@ class ControlledImages:
             self.labels[self.key(px)] = row
 
     def encode(self, model: SuperLinkModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.stack([self.labels[self.key(px)] for px in pixel_values.float().cpu()])
+        labels = torch.stack([self.labels[self.key(px)] for px in pixel_values.float().cpu()]).to(pixel_values.device)
         return labels, model.controlled_images(labels)
 
 
@@ -147,6 +168,7 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES), help="answer types trained on (comma-separated)")
     ap.add_argument("--schedule", default="", help="until:type+type,... before --types applies")
     ap.add_argument("--max-objects", type=int, default=None)
+    ap.add_argument("--objects-schedule", default="", help="until:max_objects,... before --max-objects applies")
     ap.add_argument("--balanced", action="store_true")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=None, help="default: the config's batch size")
@@ -158,12 +180,14 @@ def main() -> None:
                     help="first N steps train the tower, projector and model.dense_probe on the dense labels alone")
     ap.add_argument("--freeze-image", action="store_true",
                     help="after --pretrain-dense, keep the tower, connector and probe fixed (the LLM alone learns)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (the GPU when there is one); float32 throughout")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     types = set(args.types.split(","))
     if types - set(TYPES):
         raise SystemExit(f"--types: unknown {sorted(types - set(TYPES))}; accepted: {', '.join(TYPES)}")
     schedule = parse_schedule(args.schedule)
+    objects_schedule = parse_objects_schedule(args.objects_schedule)
 
     cfg = load_config(args.config)
     batch = args.batch or cfg.training.batch_size
@@ -175,6 +199,7 @@ def main() -> None:
     if args.freeze_image and not args.pretrain_dense:
         raise SystemExit("--freeze-image needs --pretrain-dense N (a from-scratch tower kept fixed sees nothing)")
     torch.manual_seed(0)
+    device = resolve_device(args.device)
     system, processor = build_system(cfg, decoders=[])
     images = None
     if args.image == "probe":
@@ -183,6 +208,7 @@ def main() -> None:
         images = ControlledImages(args.image, processor, cfg.model.vision.image_size // cfg.model.vision.patch_size)
         system.model.controlled_images = nn.Linear(images.width, cfg.model.text.hidden_size)  # group "llm"
         SuperLinkModel.encode_images = lambda self, pixel_values: images.encode(self, pixel_values)
+    system.to(device)
     questions = Questions(cfg, args.max_objects)
     val = [s for i in range(0, args.val, 32) for s in questions.draw(VAL_SEED, i, 32)]
     val_one = [s for i in range(4) for s in questions.draw(VAL_ONE_SEED, i, 32, max_objects=1)]
@@ -211,7 +237,7 @@ def main() -> None:
         hits = defaultdict(list)
         for i in range(0, len(samples), 32):
             rows = samples[i:i + 32]
-            inputs = model_inputs(collate(processor, rows).inputs)
+            inputs = on(device, model_inputs(collate(processor, rows).inputs))
             pred = system.model(**inputs).logits[:, :-1].argmax(-1)
             labels = inputs["labels"][:, 1:]
             right = ((pred == labels) | (labels == -100)).all(-1)
@@ -242,10 +268,11 @@ def main() -> None:
                 SuperLinkModel.encode_images = probe_tokens
         allowed = next((ts for until, ts in schedule if step < until), types)
         seed = TRAIN_SEED if step >= 0 else PRETRAIN_SEED  # pre-training scenes are their own draw
-        samples = questions.draw(seed, abs(step), batch, allowed, args.balanced, args.max_objects)
+        cap = next((c for until, c in objects_schedule if step < until), args.max_objects) if step >= 0 else args.max_objects
+        samples = questions.draw(seed, abs(step), batch, allowed, args.balanced, cap)
         if images is not None:
             images.register(samples)
-        out = system.model(**model_inputs(collate(processor, samples).inputs))
+        out = system.model(**on(device, model_inputs(collate(processor, samples).inputs)))
         # With model.dense_probe the image tokens are also supervised per patch (router.loss.dense_probe_loss);
         # during --pretrain-dense (negative steps) that is the only loss.
         dense = dense_probe_loss(system.model, out.image_features, samples) if probe is not None and images is None else None
@@ -262,15 +289,18 @@ def main() -> None:
         losses.append(float(loss.detach()))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             acc, per = score(val)
-            one, _ = score(val_one)
-            history.append({"step": step + 1, "acc": acc, "acc_one_object": one, **{f"acc.{t}": v for t, v in per.items()}})
-            print(f"step {step + 1} loss {np.mean(losses[-args.eval_every:]):.3f} acc {acc} one-object {one} {per} "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
-            result = {"steps": step + 1, "acc": acc, "acc_by_type": per, "acc_one_object": one}
+            one, one_per = score(val_one)
+            history.append({"step": step + 1, "acc": acc, "acc_one_object": one, **{f"acc.{t}": v for t, v in per.items()},
+                            **{f"acc_one_object.{t}": v for t, v in one_per.items()}})
+            print(f"step {step + 1} loss {np.mean(losses[-args.eval_every:]):.3f} acc {acc} {per} one-object {one} "
+                  f"{one_per} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            result = {"steps": step + 1, "acc": acc, "acc_by_type": per, "acc_one_object": one,
+                      "acc_one_object_by_type": one_per}
     result.update({"config": args.config, "image": args.image, "types": sorted(types), "schedule": args.schedule,
-                   "max_objects": args.max_objects, "balanced": args.balanced,
+                   "max_objects": args.max_objects, "objects_schedule": args.objects_schedule, "balanced": args.balanced,
                    "pretrain_dense": args.pretrain_dense, "freeze_image": args.freeze_image,
                    "dense_probe": cfg.model.dense_probe is not None and images is None, "batch": batch, "lr": args.lr,
+                   "device": str(device),
                    "prior": prior, "prior_by_type": prior_by_type, "train_s": round(time.perf_counter() - t0, 1),
                    "history": history})
     if args.json:

@@ -33,9 +33,24 @@ def test_schedule_names_only_known_types():
         vqa_learning.parse_schedule("10:colour")
 
 
+def test_objects_schedule_parses_and_caps_training_scenes():
+    assert vqa_learning.parse_objects_schedule("500:1,1500:2") == [(500, 1), (1500, 2)]
+    for bad in ("500:one", "500", "500:0", "500:9"):
+        with pytest.raises(SystemExit, match="objects-schedule"):
+            vqa_learning.parse_objects_schedule(bad)
+    from router.config import load_config
+
+    questions = vqa_learning.Questions(load_config(ROOT / "configs" / "tiny.yaml"), None)
+    capped = questions.draw(1, 0, 24, max_objects=1)
+    free = questions.draw(1, 0, 24)
+    assert all(len(s.scene.objects) == 1 for s in capped)
+    assert max(len(s.scene.objects) for s in free) > 1
+
+
 def test_runs_with_oracle_tokens_and_prints_the_result():
     cmd = [sys.executable, "bench/vqa_learning.py", "--config", "configs/tiny.yaml", "--image", "oracle",
-           "--steps", "4", "--eval-every", "2", "--val", "32", "--schedule", "2:color", "--json"]
+           "--steps", "4", "--eval-every", "2", "--val", "32", "--schedule", "2:color",
+           "--objects-schedule", "2:1", "--device", "auto", "--json"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                                "PATH": "/usr/bin:/bin"})
@@ -44,6 +59,8 @@ def test_runs_with_oracle_tokens_and_prints_the_result():
     assert result["steps"] == 4 and [h["step"] for h in result["history"]] == [2, 4]
     assert 0.0 <= result["acc"] <= 1.0 and 0.0 < result["prior"] <= 1.0
     assert set(result["prior_by_type"]) <= set(vqa_learning.TYPES)
+    assert result["device"] == "cpu" and result["objects_schedule"] == "2:1"
+    assert set(result["acc_one_object_by_type"]) <= set(vqa_learning.TYPES)
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
