@@ -2,7 +2,7 @@
 
     python bench/vqa_learning.py [--image vision|probe|oracle|scene|answer] [--types color,shape] [--steps 1500]
                                  [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
-                                 [--objects-schedule 500:1,1500:2] [--device auto]
+                                 [--objects-schedule 500:1,1500:2] [--device auto] [--max-minutes 7]
                                  [--pretrain-dense 800] [--freeze-image] [--json]
 
 Trains the config's SuperLink model (no decoders) on ShapesWorld VQA alone, the LM loss at one learning
@@ -26,7 +26,8 @@ ones; --balanced rejection-samples training questions towards equal types.
 With a config that has model.dense_probe, its per-patch loss is added to the LM loss (vision only);
 --pretrain-dense N first trains the tower, connector and probe N steps on that loss alone, and
 --freeze-image keeps them fixed afterwards, so only the LLM learns the questions.
---device cuda (or auto) runs the same on a GPU, float32, for runs too long for this CPU.
+--device cuda (or auto) runs the same on a GPU, float32, for runs too long for this CPU (bench/vqa_device.sh);
+--max-minutes M stops training after M minutes of wall time, scores and reports ("steps" says where).
 The prior is the share of val questions whose answer is their type's most frequent answer. With --json
 the last line is one JSON object: steps, acc, acc_by_type, acc_one_object, acc_one_object_by_type, prior,
 prior_by_type, history.
@@ -180,6 +181,8 @@ def main() -> None:
                     help="first N steps train the tower, projector and model.dense_probe on the dense labels alone")
     ap.add_argument("--freeze-image", action="store_true",
                     help="after --pretrain-dense, keep the tower, connector and probe fixed (the LLM alone learns)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop training after this wall time (the pre-training included), score, and report")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (the GPU when there is one); float32 throughout")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -287,7 +290,8 @@ def main() -> None:
                 print(f"pretrain-dense step {step + 1 + args.pretrain_dense} probe loss {float(dense.detach()):.3f}", flush=True)
             continue
         losses.append(float(loss.detach()))
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        out_of_time = args.max_minutes is not None and time.perf_counter() - t0 > 60 * args.max_minutes
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps or out_of_time:
             acc, per = score(val)
             one, one_per = score(val_one)
             history.append({"step": step + 1, "acc": acc, "acc_one_object": one, **{f"acc.{t}": v for t, v in per.items()},
@@ -296,11 +300,14 @@ def main() -> None:
                   f"{one_per} ({time.perf_counter() - t0:.0f}s)", flush=True)
             result = {"steps": step + 1, "acc": acc, "acc_by_type": per, "acc_one_object": one,
                       "acc_one_object_by_type": one_per}
+        if out_of_time:
+            print(f"--max-minutes {args.max_minutes}: stopped after step {step + 1} of {args.steps}", flush=True)
+            break
     result.update({"config": args.config, "image": args.image, "types": sorted(types), "schedule": args.schedule,
                    "max_objects": args.max_objects, "objects_schedule": args.objects_schedule, "balanced": args.balanced,
                    "pretrain_dense": args.pretrain_dense, "freeze_image": args.freeze_image,
                    "dense_probe": cfg.model.dense_probe is not None and images is None, "batch": batch, "lr": args.lr,
-                   "device": str(device),
+                   "device": str(device), "max_minutes": args.max_minutes,
                    "prior": prior, "prior_by_type": prior_by_type, "train_s": round(time.perf_counter() - t0, 1),
                    "history": history})
     if args.json:

@@ -101,3 +101,25 @@ def test_pretrain_dense_without_a_probe_is_refused():
     assert "--pretrain-dense needs --image vision or probe and a config with model.dense_probe" in done.stderr
     done = _run(["--config", "configs/tiny.yaml", "--image", "probe", "--steps", "2", "--json"])
     assert done.returncode != 0 and "--image probe needs --pretrain-dense N and --freeze-image" in done.stderr
+
+
+def test_max_minutes_stops_training_and_still_reports():
+    done = _run(["--config", "configs/tiny.yaml", "--image", "oracle", "--steps", "1000", "--eval-every", "500",
+                 "--val", "32", "--max-minutes", "0", "--json"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 1 and result["max_minutes"] == 0 and [h["step"] for h in result["history"]] == [1]
+    assert "--max-minutes 0.0: stopped after step 1 of 1000" in done.stdout
+
+
+@pytest.mark.slow
+def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", "bench/vqa_device.sh", "--cpu"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"oracle_curriculum", "oracle_flat", "vision_frozen", "vision_joint"}
+    assert all(r["steps"] == 6 and r["device"] == "cpu" for r in summary.values())
+    frozen = json.loads((tmp_path / "vqa_vision_frozen.json").read_text())
+    assert frozen["freeze_image"] and frozen["objects_schedule"] == "3:1" and frozen["lr"] == 3e-4
