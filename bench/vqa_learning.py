@@ -1,6 +1,6 @@
 """What stops the LLM learning VQA? Short VQA-only runs with controlled image tokens and question types.
 
-    python bench/vqa_learning.py [--image vision|probe|oracle|scene|answer] [--types color,shape] [--steps 1500]
+    python bench/vqa_learning.py [--image vision|probe|oracle|oracle_pos|scene|answer] [--types color,shape] [--steps 1500]
                                  [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
                                  [--objects-schedule 500:1,1500:2] [--device auto] [--max-minutes 7]
                                  [--pretrain-dense 800] [--freeze-image] [--json]
@@ -15,7 +15,10 @@ What the image tokens are (--image):
   probe   a learned linear map of the model's fixed dense probe's per-patch predictions (needs
           --pretrain-dense and --freeze-image)
   oracle  a learned linear map of ShapesWorld's exact per-patch labels (kind and colour coverage, centres;
-          `Scene.dense_labels()` pooled to the patch grid): perfect per-patch perception
+          `Scene.dense_labels()` pooled to the patch grid): perfect per-patch perception, but each token
+          says nothing of where its patch is (the LLM's rotary positions alone tell the patches apart)
+  oracle_pos  the same labels with each patch's row and column one-hot beside them, as a vision tower's
+          position embeddings would give
   scene   the same labels averaged over the whole image, in every token: no need to find the object
   answer  a one-hot of the answer word in every token: the answer only has to be copied
 Answer types: count, exists, side, height, shape, color (read off the answer word). --types keeps only
@@ -140,7 +143,7 @@ class ControlledImages:
     def __init__(self, mode: str, processor, grid: int) -> None:
         self.mode, self.processor, self.grid = mode, processor, grid
         self.labels: dict[str, torch.Tensor] = {}
-        self.width = len(ANSWERS) if mode == "answer" else len(DENSE_LABELS)
+        self.width = len(ANSWERS) if mode == "answer" else len(DENSE_LABELS) + (2 * grid if mode == "oracle_pos" else 0)
 
     @staticmethod
     def key(pixels: torch.Tensor) -> str:
@@ -155,6 +158,10 @@ class ControlledImages:
                 row[:, ANSWERS.index(s.answer.strip())] = 1.0
             elif self.mode == "scene":
                 row = row.mean(0, keepdim=True).expand_as(row) * 10  # coverage of a whole image is small
+            elif self.mode == "oracle_pos":  # + each patch's row and column, one-hot (a tower's position embeddings)
+                cells = torch.arange(self.grid * self.grid)
+                eye = torch.eye(self.grid)
+                row = torch.cat([row, eye[cells // self.grid], eye[cells % self.grid]], dim=1)
             self.labels[self.key(px)] = row
 
     def encode(self, model: SuperLinkModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +172,7 @@ class ControlledImages:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/shapes.yaml")
-    ap.add_argument("--image", choices=("vision", "probe", "oracle", "scene", "answer"), default="vision")
+    ap.add_argument("--image", choices=("vision", "probe", "oracle", "oracle_pos", "scene", "answer"), default="vision")
     ap.add_argument("--types", default=",".join(TYPES), help="answer types trained on (comma-separated)")
     ap.add_argument("--schedule", default="", help="until:type+type,... before --types applies")
     ap.add_argument("--max-objects", type=int, default=None)

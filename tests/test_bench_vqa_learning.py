@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from shapesworld.tasks import make_sample
 
@@ -123,3 +124,27 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
     assert all(r["steps"] == 6 and r["device"] == "cpu" for r in summary.values())
     frozen = json.loads((tmp_path / "vqa_vision_frozen.json").read_text())
     assert frozen["freeze_image"] and frozen["objects_schedule"] == "3:1" and frozen["lr"] == 3e-4
+
+
+def test_oracle_pos_tokens_carry_the_exact_labels_and_each_patch_row_and_column():
+    from router.config import load_config
+    from router.system import build_system
+    from shapesworld.scene import DENSE_LABELS
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    _, processor = build_system(cfg, decoders=[])
+    grid = cfg.model.vision.image_size // cfg.model.vision.patch_size
+    samples = vqa_learning.Questions(cfg, None).draw(3, 0, 2)
+    plain = vqa_learning.ControlledImages("oracle", processor, grid)
+    placed = vqa_learning.ControlledImages("oracle_pos", processor, grid)
+    plain.register(samples)
+    placed.register(samples)
+    assert placed.width == len(DENSE_LABELS) + 2 * grid
+    for key, labels in plain.labels.items():
+        row = placed.labels[key]
+        assert row.shape == (grid * grid, placed.width)
+        assert torch.equal(row[:, :len(DENSE_LABELS)], labels)
+        where = row[:, len(DENSE_LABELS):]
+        assert (where.sum(1) == 2).all()
+        cell = 2 * grid + 1  # row 2, column 1 in row-major order
+        assert where[cell, 2] == 1 and where[cell, grid + 1] == 1
