@@ -6,6 +6,7 @@ routing, placeholders, <image>, <region>) is one added special token with a fixe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,7 +17,12 @@ from mllm.vocab import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, Vocabulary
 
 
 def build_tokenizer(corpus: Iterable[str], vocab: Vocabulary, vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """Train BPE on `corpus`, then add SuperLink's tokens (their ids follow the BPE vocabulary)."""
+    """Train BPE on `corpus`, then add SuperLink's tokens (their ids follow the BPE vocabulary).
+
+    SuperLink's tokens are cut out of the corpus first: they are added whole afterwards, so merges learnt on
+    their spelling ("<loc_", "><") would be wasted on text the model never sees as bytes."""
+    special = re.compile("|".join(re.escape(t) for t in sorted(vocab.special_tokens, key=len, reverse=True)))
+    corpus = (special.sub(" ", text) for text in corpus)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import TypeAdapter
 
 from mllm.config import MLLMConfig
+from mllm.processor import ASSISTANT, USER
 from mllm.tokenizer import build_tokenizer
 from mllm.vocab import Vocabulary
 from router.config import (
@@ -304,6 +305,15 @@ def corpus_texts(data: Sequence[DataSource], location_bins: int) -> Iterator[str
             yield from texts(spec, name)
 
 
+def as_prompted(text: str, lowercase: bool) -> str:
+    """A corpus text ("instruction\nanswer") laid out as the processor prompts it: after the user's role
+    marker and the image, lower-cased when the model lower-cases instructions, the answer after the assistant's
+    marker. The BPE then learns the words the model reads ("how", " one"), not their capitalised or line-initial
+    spellings, and the role markers as whole tokens."""
+    instruction, _, answer = text.partition("\n")
+    return f"{USER}\n{instruction.lower() if lowercase else instruction} {ASSISTANT} {answer}"
+
+
 def data_tokenizer(config: SuperLinkConfig) -> Any:
     """A BPE tokenizer trained on the texts of the configured data sources (`corpus_texts`), with the
     model's special tokens. A training run saves it (OUT/tokenizer, model/mllm/); a saved system loads
@@ -331,5 +341,6 @@ def _annotation_files(spec: DataSource) -> list[Path]:
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_json: str, data_json: str, stamps: str) -> Any:
     cfg = MLLMConfig.model_validate_json(model_json)
-    texts = corpus_texts(_DATA.validate_json(data_json), cfg.vocab.location_bins)
+    texts = (as_prompted(t, cfg.text.lowercase_instructions)
+             for t in corpus_texts(_DATA.validate_json(data_json), cfg.vocab.location_bins))
     return build_tokenizer(texts, Vocabulary.from_config(cfg), vocab_size=cfg.text.tokenizer_vocab_size)

@@ -14,9 +14,15 @@ import numpy as np
 from router.config import ShapesWorldSource, SuperLinkConfig
 from router.samples import TaskSample
 from router.sources import DataSourceError, SourceKind, register_source_kind
-from shapesworld.tasks import TASKS, corpus, make_sample
+from shapesworld.constants import COLORS, KINDS
+from shapesworld.tasks import NUMBERS, TASKS, corpus, make_sample
 
-TOKENIZER_CORPUS = 64  # ShapesWorld samples the small presets' BPE is trained on (deterministic)
+TOKENIZER_CORPUS = 256  # ShapesWorld samples the small presets' BPE is trained on (deterministic)
+# VQA's closed answer vocabulary. A sample of every task holds few VQA answers, so BPE left "zero", "one",
+# "yes", "no" and "bottom" in pieces, and a count was decided over two positions (" " + "one"); listed this
+# many times beside the samples, every answer word becomes one token.
+ANSWER_WORDS = (*NUMBERS, "yes", "no", "left", "right", "top", "bottom", *KINDS, *COLORS)
+ANSWER_WORDS_REPEAT = 32
 
 
 class ShapesWorldData:
@@ -42,8 +48,11 @@ class ShapesWorldData:
 
 
 def tokenizer_corpus(location_bins: int) -> Iterator[str]:
-    """The texts a from-scratch BPE learns when a shapesworld source is configured."""
-    return corpus(TOKENIZER_CORPUS, image_size=64, location_bins=location_bins)
+    """The texts a from-scratch BPE learns when a shapesworld source is configured ("instruction\nanswer")."""
+    yield from corpus(TOKENIZER_CORPUS, image_size=64, location_bins=location_bins)
+    words = " ".join(ANSWER_WORDS)
+    for _ in range(ANSWER_WORDS_REPEAT):
+        yield f"\n{words}"
 
 
 register_source_kind("shapesworld", SourceKind(open=ShapesWorldData, corpus=tokenizer_corpus))

@@ -129,6 +129,23 @@ def test_the_tokenizer_learns_the_file_sources_texts(tiny_config, tmp_path):
     assert data_tokenizer(cfg).get_vocab() == mixed.get_vocab()  # same config, same files: same tokenizer
 
 
+def test_the_tokenizer_learns_the_words_as_the_model_reads_them():
+    """Answer words whole (a count is one decision, not " " then "one"), instructions lower-cased as the
+    processor gives them, the role marker whole, and no merges spent on SuperLink's added tokens."""
+    from router.config import load_config
+    from shapesworld.source import ANSWER_WORDS
+
+    cfg = load_config("shapes")
+    tok = data_tokenizer(cfg)
+    split = {w: tok.tokenize(" " + w) for w in ANSWER_WORDS if len(tok.tokenize(" " + w)) > 1}
+    assert not split, f"answer words in pieces: {split}"
+    assert cfg.model.text.lowercase_instructions
+    assert tok.tokenize("how many objects are red?")[0] == "how"  # line-initial, lower case: as prompted
+    assert tok.tokenize(" ASSISTANT:") == ["\u0120ASSISTANT", ":"]
+    bpe = tok.backend_tokenizer.get_vocab(with_added_tokens=False)
+    assert not [t for t in bpe if "loc_" in t or "cls_" in t or "><" in t]
+
+
 def test_loading_a_saved_system_builds_no_tokenizer(tiny_config, tmp_path, monkeypatch):
     import router.sources
     from router.system import build_system, load_system, save_system
