@@ -9,8 +9,10 @@
 # CPU check:    bash bench/vqa_device.sh --cpu              (configs/tiny.yaml, a few steps each, no GPU)
 #
 # Runs (lr 3e-4, batch 8, teacher-forced accuracy on 512 val questions every EVAL_EVERY steps):
-#   oracle_curriculum  exact per-patch labels as image tokens, one-object scenes to step 1500, two to 3000
+#   oracle_curriculum  exact per-patch labels and patch positions as image tokens (--image oracle_pos),
+#                      one-object scenes to step 1500, two to 3000
 #   oracle_flat        the same without the curriculum
+#   oracle_words       the same labels also as the LLM's own embeddings of their words (--image oracle_words)
 #   vision_frozen      configs/shapes_vision.yaml's tower: 800 steps on the dense labels, then frozen; curriculum
 #   vision_joint       configs/shapes.yaml's tower trained with the LLM, as the shipped recipe does; curriculum
 # Results under $OUT: vqa_<run>.log and vqa_<run>.json (the run's JSON line), device.txt, and a summary printed
@@ -20,7 +22,7 @@ cd "$(dirname "$0")/.."
 MODE="${1:-}"
 OUT="${OUT:-bench/out}"
 MINUTES="${MINUTES:-7}"
-RUNS="${RUNS:-oracle_curriculum oracle_flat vision_frozen vision_joint}"
+RUNS="${RUNS:-oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -51,11 +53,12 @@ fi
 common=(--lr 3e-4 --steps "$STEPS" --eval-every "$EVAL_EVERY" --device "$DEVICE" --max-minutes "$MINUTES" --json "${EXTRA[@]}")
 args_for() {
   case "$1" in
-    oracle_curriculum) echo "--config $SHAPES --image oracle --objects-schedule $CURRICULUM" ;;
-    oracle_flat) echo "--config $SHAPES --image oracle" ;;
+    oracle_curriculum) echo "--config $SHAPES --image oracle_pos --objects-schedule $CURRICULUM" ;;
+    oracle_flat) echo "--config $SHAPES --image oracle_pos" ;;
+    oracle_words) echo "--config $SHAPES --image oracle_words --objects-schedule $CURRICULUM" ;;
     vision_frozen) echo "--config $VISION --image vision --pretrain-dense $PRETRAIN --freeze-image --objects-schedule $CURRICULUM" ;;
     vision_joint) echo "--config $SHAPES --image vision --objects-schedule $CURRICULUM" ;;
-    *) echo "vqa_device.sh: unknown run '$1'; known: oracle_curriculum oracle_flat vision_frozen vision_joint" >&2; return 1 ;;
+    *) echo "vqa_device.sh: unknown run '$1'; known: oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint" >&2; return 1 ;;
   esac
 }
 pids=()

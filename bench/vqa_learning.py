@@ -1,6 +1,6 @@
 """What stops the LLM learning VQA? Short VQA-only runs with controlled image tokens and question types.
 
-    python bench/vqa_learning.py [--image vision|probe|oracle|oracle_pos|scene|answer] [--types color,shape] [--steps 1500]
+    python bench/vqa_learning.py [--image vision|probe|oracle|oracle_pos|oracle_words|scene|answer] [--types color,shape] [--steps 1500]
                                  [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
                                  [--objects-schedule 500:1,1500:2] [--device auto] [--max-minutes 7]
                                  [--pretrain-dense 800] [--freeze-image] [--json]
@@ -19,6 +19,8 @@ What the image tokens are (--image):
           says nothing of where its patch is (the LLM's rotary positions alone tell the patches apart)
   oracle_pos  the same labels with each patch's row and column one-hot beside them, as a vision tower's
           position embeddings would give
+  oracle_words  oracle_pos plus, in each token, the LLM's own input embeddings of the kind and colour words
+          covering the patch (weighted by coverage): image tokens in the question words' space
   scene   the same labels averaged over the whole image, in every token: no need to find the object
   answer  a one-hot of the answer word in every token: the answer only has to be copied
 Answer types: count, exists, side, height, shape, color (read off the answer word). --types keeps only
@@ -143,7 +145,16 @@ class ControlledImages:
     def __init__(self, mode: str, processor, grid: int) -> None:
         self.mode, self.processor, self.grid = mode, processor, grid
         self.labels: dict[str, torch.Tensor] = {}
-        self.width = len(ANSWERS) if mode == "answer" else len(DENSE_LABELS) + (2 * grid if mode == "oracle_pos" else 0)
+        placed = mode in ("oracle_pos", "oracle_words")
+        self.width = len(ANSWERS) if mode == "answer" else len(DENSE_LABELS) + (2 * grid if placed else 0)
+        if mode == "oracle_words":  # each kind and colour label's word, one token of the model's vocabulary
+            words = [w for w in DENSE_LABELS if w in KINDS or w in COLORS]
+            ids = [processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+            if any(len(i) != 1 for i in ids):
+                pieces = {w: len(i) for w, i in zip(words, ids, strict=True) if len(i) != 1}
+                raise SystemExit(f"--image oracle_words needs every kind and colour as one token; tokens per word: {pieces}")
+            self.word_cols = torch.tensor([DENSE_LABELS.index(w) for w in words])
+            self.word_ids = torch.tensor([i[0] for i in ids])
 
     @staticmethod
     def key(pixels: torch.Tensor) -> str:
@@ -158,7 +169,7 @@ class ControlledImages:
                 row[:, ANSWERS.index(s.answer.strip())] = 1.0
             elif self.mode == "scene":
                 row = row.mean(0, keepdim=True).expand_as(row) * 10  # coverage of a whole image is small
-            elif self.mode == "oracle_pos":  # + each patch's row and column, one-hot (a tower's position embeddings)
+            elif self.mode in ("oracle_pos", "oracle_words"):  # + each patch's row and column, one-hot
                 cells = torch.arange(self.grid * self.grid)
                 eye = torch.eye(self.grid)
                 row = torch.cat([row, eye[cells // self.grid], eye[cells % self.grid]], dim=1)
@@ -166,13 +177,17 @@ class ControlledImages:
 
     def encode(self, model: SuperLinkModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.stack([self.labels[self.key(px)] for px in pixel_values.float().cpu()]).to(pixel_values.device)
-        return labels, model.controlled_images(labels)
+        tokens = model.controlled_images(labels)
+        if self.mode == "oracle_words":  # + the coverage-weighted sum of the label words' own input embeddings
+            words = model.embed_inputs(self.word_ids.to(labels.device)[None])[0]
+            tokens = tokens + labels[..., self.word_cols.to(labels.device)] @ words
+        return labels, tokens
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/shapes.yaml")
-    ap.add_argument("--image", choices=("vision", "probe", "oracle", "oracle_pos", "scene", "answer"), default="vision")
+    ap.add_argument("--image", choices=("vision", "probe", "oracle", "oracle_pos", "oracle_words", "scene", "answer"), default="vision")
     ap.add_argument("--types", default=",".join(TYPES), help="answer types trained on (comma-separated)")
     ap.add_argument("--schedule", default="", help="until:type+type,... before --types applies")
     ap.add_argument("--max-objects", type=int, default=None)

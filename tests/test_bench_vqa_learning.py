@@ -120,7 +120,7 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
                           timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"oracle_curriculum", "oracle_flat", "vision_frozen", "vision_joint"}
+    assert set(summary) == {"oracle_curriculum", "oracle_flat", "oracle_words", "vision_frozen", "vision_joint"}
     assert all(r["steps"] == 6 and r["device"] == "cpu" for r in summary.values())
     frozen = json.loads((tmp_path / "vqa_vision_frozen.json").read_text())
     assert frozen["freeze_image"] and frozen["objects_schedule"] == "3:1" and frozen["lr"] == 3e-4
@@ -148,3 +148,30 @@ def test_oracle_pos_tokens_carry_the_exact_labels_and_each_patch_row_and_column(
         assert (where.sum(1) == 2).all()
         cell = 2 * grid + 1  # row 2, column 1 in row-major order
         assert where[cell, 2] == 1 and where[cell, grid + 1] == 1
+
+
+def test_oracle_words_tokens_add_the_label_words_own_embeddings():
+    from router.config import load_config
+    from router.system import build_system
+    from shapesworld.constants import COLORS, KINDS
+    from shapesworld.scene import DENSE_LABELS
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    system, processor = build_system(cfg, decoders=[])
+    grid = cfg.model.vision.image_size // cfg.model.vision.patch_size
+    images = vqa_learning.ControlledImages("oracle_words", processor, grid)
+    system.model.controlled_images = torch.nn.Linear(images.width, cfg.model.text.hidden_size)
+    samples = vqa_learning.Questions(cfg, None).draw(3, 0, 2)
+    images.register(samples)
+    pixels, _ = processor.preprocess_images([s.image for s in samples])
+    labels, tokens = images.encode(system.model, pixels)
+    assert len(images.word_ids) == len(KINDS) + len(COLORS)
+    words = tokens - system.model.controlled_images(labels)
+    # the words' part is the coverage-weighted sum of the label words' input embeddings, patch by patch
+    names = [*KINDS, *COLORS]
+    ids = [processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in names]
+    assert all(len(i) == 1 for i in ids)
+    table = system.model.embed_inputs(torch.tensor([[i[0] for i in ids]]))[0]
+    cover = labels[..., [DENSE_LABELS.index(w) for w in names]]
+    assert cover.sum() > 0
+    assert torch.allclose(words, cover @ table, atol=1e-5)
