@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Long VQA-only runs (bench/vqa_learning.py) on the device machine, side by side on its one GPU, in one call:
-# the CPU measurements (EVAL.md, "Learning rate, a scene-size curriculum, patch positions and the tokenizer") stop where question types are
-# still being learnt one by one; this runs the same settings for as many steps as MINUTES allow.
+# the CPU measurements (EVAL.md, "Learning rate, a scene-size curriculum, patch positions and the tokenizer")
+# stop where question types are still being learnt one by one; this runs the same settings for as many steps as
+# MINUTES allow.
 #
 # Here, once:   bash bench/device_wheels.sh                 (wheels the device image lacks -> .whl/)
 # Device call:  run(command="bash bench/vqa_device.sh", carry=[".whl"], timeout_s=600)

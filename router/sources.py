@@ -25,6 +25,7 @@ import copy
 import functools
 import importlib
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from pydantic import TypeAdapter
 from mllm.config import MLLMConfig
 from mllm.processor import ASSISTANT, USER
 from mllm.tokenizer import build_tokenizer
-from mllm.vocab import Vocabulary
+from mllm.vocab import IMAGE_TOKEN, REGION_TOKEN, Vocabulary
 from router.config import (
     CocoSource,
     DataSource,
@@ -305,11 +306,15 @@ def corpus_texts(data: Sequence[DataSource], location_bins: int) -> Iterator[str
             yield from texts(spec, name)
 
 
+_PLACEHOLDERS = re.compile(rf"^(?:(?:{re.escape(IMAGE_TOKEN)}|{re.escape(REGION_TOKEN)})\s*)+")
+
+
 def as_prompted(text: str, lowercase: bool) -> str:
     """A corpus text ("instruction\nanswer") laid out as the processor prompts it: after the user's role
     marker and the image, lower-cased when the model lower-cases instructions, the answer after the assistant's
     marker. The BPE then learns the words the model reads ("how", " one"), not their capitalised or line-initial
     spellings, and the role markers as whole tokens."""
+    text = _PLACEHOLDERS.sub("", text)  # "<image>\n" before the question: the line break would split it off
     instruction, _, answer = text.partition("\n")
     return f"{USER}\n{instruction.lower() if lowercase else instruction} {ASSISTANT} {answer}"
 

@@ -142,6 +142,9 @@ def test_the_tokenizer_learns_the_words_as_the_model_reads_them():
     assert cfg.model.text.lowercase_instructions
     assert tok.tokenize("how many objects are red?")[0] == "how"  # line-initial, lower case: as prompted
     assert tok.tokenize(" ASSISTANT:") == ["\u0120ASSISTANT", ":"]
+    from router.sources import as_prompted
+
+    assert as_prompted("<image>\nHow many Stars?\none", lowercase=True) == "USER:\nhow many stars? ASSISTANT: one"
     bpe = tok.backend_tokenizer.get_vocab(with_added_tokens=False)
     assert not [t for t in bpe if "loc_" in t or "cls_" in t or "><" in t]
 
