@@ -9,13 +9,15 @@
 #               env knobs: MINUTES (training wall time of each run, default 7), RUNS (names below, default all)
 # CPU check:    bash bench/vqa_device.sh --cpu              (configs/tiny.yaml, a few steps each, no GPU)
 #
-# Runs (lr 3e-4, batch 8, teacher-forced accuracy on 512 val questions every EVAL_EVERY steps):
+# Runs (lr 3e-4, batch 8 unless said, teacher-forced accuracy on 512 val questions every EVAL_EVERY steps):
 #   oracle_curriculum  exact per-patch labels and patch positions as image tokens (--image oracle_pos),
 #                      one-object scenes to step 1500, two to 3000
 #   oracle_flat        the same without the curriculum
 #   oracle_words       the same labels also as the LLM's own embeddings of their words (--image oracle_words)
 #   vision_frozen      configs/shapes_vision.yaml's tower: 800 steps on the dense labels, then frozen; curriculum
 #   vision_joint       configs/shapes.yaml's tower trained with the LLM, as the shipped recipe does; curriculum
+#   text               no picture: the scene written out in words (--image text), the LLM's own ceiling; curriculum
+#   text_b64           the same at batch 64 and lr 1e-3: whether counting is a matter of questions seen
 # Results under $OUT: vqa_<run>.log and vqa_<run>.json (the run's JSON line), device.txt, and a summary printed
 # last (one JSON object: run -> steps, acc, acc_by_type, prior).
 set -uo pipefail
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 MODE="${1:-}"
 OUT="${OUT:-bench/out}"
 MINUTES="${MINUTES:-7}"
-RUNS="${RUNS:-oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint}"
+RUNS="${RUNS:-oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -59,14 +61,16 @@ args_for() {
     oracle_words) echo "--config $SHAPES --image oracle_words --objects-schedule $CURRICULUM" ;;
     vision_frozen) echo "--config $VISION --image vision --pretrain-dense $PRETRAIN --freeze-image --objects-schedule $CURRICULUM" ;;
     vision_joint) echo "--config $SHAPES --image vision --objects-schedule $CURRICULUM" ;;
-    *) echo "vqa_device.sh: unknown run '$1'; known: oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint" >&2; return 1 ;;
+    text) echo "--config $SHAPES --image text --objects-schedule $CURRICULUM" ;;
+    text_b64) echo "--config $SHAPES --image text --objects-schedule $CURRICULUM --batch 64 --lr 1e-3" ;;
+    *) echo "vqa_device.sh: unknown run '$1'; known: oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64" >&2; return 1 ;;
   esac
 }
 pids=()
 for run in $RUNS; do
   a=$(args_for "$run") || exit 2
   # shellcheck disable=SC2086
-  "$PY" bench/vqa_learning.py $a "${common[@]}" > "$OUT/vqa_$run.log" 2>&1 &
+  "$PY" bench/vqa_learning.py "${common[@]}" $a > "$OUT/vqa_$run.log" 2>&1 &   # a run's own flags win
   pids+=($!)
 done
 status=0

@@ -1,6 +1,6 @@
 """What stops the LLM learning VQA? Short VQA-only runs with controlled image tokens and question types.
 
-    python bench/vqa_learning.py [--image vision|probe|oracle|oracle_pos|oracle_words|scene|answer] [--types color,shape] [--steps 1500]
+    python bench/vqa_learning.py [--image vision|probe|oracle|oracle_pos|oracle_words|scene|answer|text] [--types color,shape] [--steps 1500]
                                  [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
                                  [--objects-schedule 500:1,1500:2] [--device auto] [--max-minutes 7]
                                  [--pretrain-dense 800] [--freeze-image] [--json]
@@ -23,6 +23,9 @@ What the image tokens are (--image):
           covering the patch (weighted by coverage): image tokens in the question words' space
   scene   the same labels averaged over the whole image, in every token: no need to find the object
   answer  a one-hot of the answer word in every token: the answer only has to be copied
+  text    no image: the scene written out in the prompt instead ("scene: red circle left top. ..." per object, in
+          depth order), in words the tokenizer holds as one token each: perfect perception in the LLM's own
+          vocabulary, so what is left is matching the question against the objects and counting
 Answer types: count, exists, side, height, shape, color (read off the answer word). --types keeps only
 some in training (val keeps all); --schedule widens them by step (`until:type+type,...`, then --types);
 --max-objects caps training scenes and --objects-schedule widens that cap by step (`until:max,...`, then
@@ -46,6 +49,7 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 # bench/decoders.py would shadow the `decoders` package: drop this folder from the import path.
@@ -58,6 +62,7 @@ from torch import nn  # noqa: E402
 import shapesworld.tasks as tasks  # noqa: E402
 from mllm.devices import resolve_device  # noqa: E402
 from mllm.modeling import SuperLinkModel  # noqa: E402
+from mllm.vocab import IMAGE_TOKEN  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.loss import collate, dense_probe_loss, dense_targets, model_inputs  # noqa: E402
 from router.system import build_system  # noqa: E402
@@ -83,6 +88,18 @@ def answer_type(answer: str) -> str:
     if a in COLORS:
         return "color"
     raise ValueError(f"VQA answer {answer!r} of no known type")
+
+
+def as_text(sample):
+    """The sample with its picture replaced by the scene written out: '{colour} {kind} {left|right} {top|bottom}.'
+    per object (centre against the image's middle), in depth order, after 'scene:' where the <image> placeholder was."""
+    if not sample.instruction.startswith(IMAGE_TOKEN) or sample.scene is None:
+        raise ValueError(f"a VQA instruction starts with {IMAGE_TOKEN!r} and has its scene; got {sample.instruction[:40]!r}")
+    scene, half = sample.scene, sample.scene.image_size / 2
+    lines = [f"{o.color} {o.kind} {'left' if o.center[0] < half else 'right'} {'top' if o.center[1] < half else 'bottom'}."
+             for o in scene.objects]
+    # "scene:" first, so each colour word follows a space as it does in questions (one token each).
+    return replace(sample, image=None, instruction="scene: " + " ".join(lines) + sample.instruction[len(IMAGE_TOKEN):])
 
 
 def on(device: torch.device, inputs: dict) -> dict:
@@ -114,8 +131,8 @@ def parse_schedule(text: str) -> list[tuple[int, set[str]]]:
 class Questions:
     """VQA samples by (split seed, step), optionally capped in objects and filtered/balanced by type."""
 
-    def __init__(self, cfg, max_objects: int | None) -> None:
-        self.cfg, self.max_objects = cfg, max_objects
+    def __init__(self, cfg, max_objects: int | None, text: bool = False) -> None:
+        self.cfg, self.max_objects, self.text = cfg, max_objects, text
 
     def draw(self, seed: int, step: int, n: int, types: set[str] | None = None, balanced: bool = False,
              max_objects: int | None = None) -> list:
@@ -133,7 +150,7 @@ class Questions:
                     continue
                 if balanced and rng.random() > min(BALANCE.values()) / BALANCE[t]:
                     continue
-                out.append(s)
+                out.append(as_text(s) if self.text else s)
             return out
         finally:
             tasks.sample_scene = original
@@ -187,7 +204,7 @@ class ControlledImages:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/shapes.yaml")
-    ap.add_argument("--image", choices=("vision", "probe", "oracle", "oracle_pos", "oracle_words", "scene", "answer"), default="vision")
+    ap.add_argument("--image", choices=("vision", "probe", "oracle", "oracle_pos", "oracle_words", "scene", "answer", "text"), default="vision")
     ap.add_argument("--types", default=",".join(TYPES), help="answer types trained on (comma-separated)")
     ap.add_argument("--schedule", default="", help="until:type+type,... before --types applies")
     ap.add_argument("--max-objects", type=int, default=None)
@@ -229,12 +246,12 @@ def main() -> None:
     images = None
     if args.image == "probe":
         system.model.controlled_images = nn.Linear(probe.labels, cfg.model.text.hidden_size)  # group "llm"
-    if args.image not in ("vision", "probe"):
+    if args.image not in ("vision", "probe", "text"):
         images = ControlledImages(args.image, processor, cfg.model.vision.image_size // cfg.model.vision.patch_size)
         system.model.controlled_images = nn.Linear(images.width, cfg.model.text.hidden_size)  # group "llm"
         SuperLinkModel.encode_images = lambda self, pixel_values: images.encode(self, pixel_values)
     system.to(device)
-    questions = Questions(cfg, args.max_objects)
+    questions = Questions(cfg, args.max_objects, text=args.image == "text")
     val = [s for i in range(0, args.val, 32) for s in questions.draw(VAL_SEED, i, 32)]
     val_one = [s for i in range(4) for s in questions.draw(VAL_ONE_SEED, i, 32, max_objects=1)]
     if images is not None:
@@ -300,7 +317,7 @@ def main() -> None:
         out = system.model(**on(device, model_inputs(collate(processor, samples).inputs)))
         # With model.dense_probe the image tokens are also supervised per patch (router.loss.dense_probe_loss);
         # during --pretrain-dense (negative steps) that is the only loss.
-        dense = dense_probe_loss(system.model, out.image_features, samples) if probe is not None and images is None else None
+        dense = dense_probe_loss(system.model, out.image_features, samples) if probe is not None and images is None and args.image != "text" else None
         loss = probe.weight * dense if step < 0 else out.loss if dense is None else out.loss + probe.weight * dense
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -48,6 +48,32 @@ def test_objects_schedule_parses_and_caps_training_scenes():
     assert max(len(s.scene.objects) for s in free) > 1
 
 
+def test_text_mode_writes_the_scene_out_in_place_of_the_picture():
+    from router.config import load_config
+    from router.system import build_system
+
+    cfg = load_config(ROOT / "configs" / "shapes.yaml")
+    questions = vqa_learning.Questions(cfg, None, text=True)
+    samples = questions.draw(1, 0, 16)
+    _, processor = build_system(cfg, decoders=[])
+    for s in samples:
+        assert s.image is None and "<image>" not in s.instruction
+        objects = s.instruction.split("\n")[0].removeprefix("scene: ").split(". ")
+        assert len(objects) == len(s.scene.objects)
+        for line, o in zip(objects, s.scene.objects, strict=True):
+            colour, kind, side, height = line.rstrip(".").split(" ")
+            assert (colour, kind) == (o.color, o.kind)
+            assert side == ("left" if o.center[0] < s.scene.image_size / 2 else "right")
+            assert height == ("top" if o.center[1] < s.scene.image_size / 2 else "bottom")
+    # every scene word is one token of the shapes tokenizer (what the mode promises the LLM)
+    pieces = processor.tokenizer(" " + samples[0].instruction.split("\n")[0].removeprefix("scene: "),
+                                 add_special_tokens=False)["input_ids"]
+    words = samples[0].instruction.split("\n")[0].removeprefix("scene: ").replace(".", " .").split()
+    assert len(pieces) == len(words)
+    with pytest.raises(ValueError, match="starts with"):
+        vqa_learning.as_text(make_sample("generation", np.random.default_rng(0)))
+
+
 def test_runs_with_oracle_tokens_and_prints_the_result():
     cmd = [sys.executable, "bench/vqa_learning.py", "--config", "configs/tiny.yaml", "--image", "oracle",
            "--steps", "4", "--eval-every", "2", "--val", "32", "--schedule", "2:color",
@@ -120,10 +146,13 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
                           timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"oracle_curriculum", "oracle_flat", "oracle_words", "vision_frozen", "vision_joint"}
+    assert set(summary) == {"oracle_curriculum", "oracle_flat", "oracle_words", "vision_frozen", "vision_joint", "text",
+                            "text_b64"}
     assert all(r["steps"] == 6 and r["device"] == "cpu" for r in summary.values())
     frozen = json.loads((tmp_path / "vqa_vision_frozen.json").read_text())
     assert frozen["freeze_image"] and frozen["objects_schedule"] == "3:1" and frozen["lr"] == 3e-4
+    wide = json.loads((tmp_path / "vqa_text_b64.json").read_text())
+    assert wide["image"] == "text" and wide["batch"] == 64 and wide["lr"] == 1e-3
 
 
 def test_oracle_pos_tokens_carry_the_exact_labels_and_each_patch_row_and_column():
