@@ -18,6 +18,10 @@
 #   vision_joint       configs/shapes.yaml's tower trained with the LLM, as the shipped recipe does; curriculum
 #   text               no picture: the scene written out in words (--image text), the LLM's own ceiling; curriculum
 #   text_b64           the same at batch 64 and lr 1e-3: whether counting is a matter of questions seen
+#   text_b256          the scene in words at batch 256, lr 1e-3, no curriculum: on the CPU the first setting under
+#                      which count questions were learnt (EVAL.md, "Batch size")
+#   oracle_b256        exact labels and patch positions at batch 256, lr 1e-3, no curriculum
+#   vision_frozen_b256 the frozen dense-label tower at batch 256, lr 1e-3, no curriculum
 # Results under $OUT: vqa_<run>.log and vqa_<run>.json (the run's JSON line), device.txt, and a summary printed
 # last (one JSON object: run -> steps, acc, acc_by_type, prior).
 set -uo pipefail
@@ -25,7 +29,8 @@ cd "$(dirname "$0")/.."
 MODE="${1:-}"
 OUT="${OUT:-bench/out}"
 MINUTES="${MINUTES:-7}"
-RUNS="${RUNS:-oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64}"
+ALL="oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64 text_b256 oracle_b256 vision_frozen_b256"
+RUNS="${RUNS:-$ALL}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -63,7 +68,10 @@ args_for() {
     vision_joint) echo "--config $SHAPES --image vision --objects-schedule $CURRICULUM" ;;
     text) echo "--config $SHAPES --image text --objects-schedule $CURRICULUM" ;;
     text_b64) echo "--config $SHAPES --image text --objects-schedule $CURRICULUM --batch 64 --lr 1e-3" ;;
-    *) echo "vqa_device.sh: unknown run '$1'; known: oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64" >&2; return 1 ;;
+    text_b256) echo "--config $SHAPES --image text --batch 256 --lr 1e-3" ;;
+    oracle_b256) echo "--config $SHAPES --image oracle_pos --batch 256 --lr 1e-3" ;;
+    vision_frozen_b256) echo "--config $VISION --image vision --pretrain-dense $PRETRAIN --freeze-image --batch 256 --lr 1e-3" ;;
+    *) echo "vqa_device.sh: unknown run '$1'; known: $ALL" >&2; return 1 ;;
   esac
 }
 pids=()

@@ -147,12 +147,14 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(summary) == {"oracle_curriculum", "oracle_flat", "oracle_words", "vision_frozen", "vision_joint", "text",
-                            "text_b64"}
+                            "text_b64", "text_b256", "oracle_b256", "vision_frozen_b256"}
     assert all(r["steps"] == 6 and r["device"] == "cpu" for r in summary.values())
     frozen = json.loads((tmp_path / "vqa_vision_frozen.json").read_text())
     assert frozen["freeze_image"] and frozen["objects_schedule"] == "3:1" and frozen["lr"] == 3e-4
     wide = json.loads((tmp_path / "vqa_text_b64.json").read_text())
     assert wide["image"] == "text" and wide["batch"] == 64 and wide["lr"] == 1e-3
+    large = json.loads((tmp_path / "vqa_vision_frozen_b256.json").read_text())
+    assert large["batch"] == 256 and large["lr"] == 1e-3 and large["freeze_image"] and large["objects_schedule"] == ""
 
 
 def test_oracle_pos_tokens_carry_the_exact_labels_and_each_patch_row_and_column():
