@@ -19,7 +19,8 @@
 #   text               no picture: the scene written out in words (--image text), the LLM's own ceiling; curriculum
 #   text_b64           the same at batch 64 and lr 1e-3: whether counting is a matter of questions seen
 #   text_b256          the scene in words at batch 256, lr 1e-3, no curriculum: on the CPU the first setting under
-#                      which count questions were learnt (EVAL.md, "Batch size")
+#                      which colour, shape, side and height were learnt from words; count and exists were not
+#                      (EVAL.md, "Batch size")
 #   oracle_b256        exact labels and patch positions at batch 256, lr 1e-3, no curriculum
 #   vision_frozen_b256 the frozen dense-label tower at batch 256, lr 1e-3, no curriculum
 # Results under $OUT: vqa_<run>.log and vqa_<run>.json (the run's JSON line), device.txt, and a summary printed
