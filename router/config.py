@@ -51,6 +51,10 @@ class StageConfig(StrictModel):
     # This stage's ShapesWorld task weights, in place of training.task_weights (a source's own task_weights
     # still win); None: training.task_weights. E.g. a decoder stage drawing only the decoder tasks.
     task_weights: dict[str, float] | None = None
+    # This stage's micro-batches per optimizer step, in place of training.grad_accum; None: training.grad_accum.
+    # E.g. an LM-only stage at a large effective batch (the LLM learns the read-off VQA types at batch 256 and
+    # nothing at batch 64 on as many questions; EVAL.md "Batch size") beside decoder stages at batch_size.
+    grad_accum: int | None = Field(None, ge=1)
 
     @field_validator("lr")
     @classmethod

@@ -304,12 +304,19 @@ def _autocast(cfg: SuperLinkConfig, device: torch.device) -> contextlib.Abstract
     return torch.autocast(device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
 
 
+def stage_accum(cfg: SuperLinkConfig, stage: int) -> int:
+    """Micro-batches per optimizer step in stage `stage`: its own grad_accum, else training.grad_accum."""
+    own = cfg.training.stages[stage].grad_accum
+    return cfg.training.grad_accum if own is None else own
+
+
 def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
     """Forward + backward of one micro-batch; returns its losses (and, on logged steps, link health) for logging."""
     samples, sources = draw_batch(run.cfg, step, micro, run.rank, run.mix)
     batch = collate(training_processor(run, step, micro), samples)
     batch.inputs = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
-    last = micro == run.cfg.training.grad_accum - 1
+    accum = stage_accum(run.cfg, run.stage)
+    last = micro == accum - 1
     if run.sharded is not None:  # reduce-scatter the LLM's gradients on the last micro-step only
         run.sharded.set_requires_gradient_sync(last)
     sync = contextlib.nullcontext() if last or run.world == 1 or run.fsdp else run.engine.no_sync()
@@ -318,7 +325,7 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
         # A frozen-LLM stage's micro-batch may hold no row that reaches a trainable weight (no decoder rows):
         # nothing to learn from it. Under DDP every rank must run backward, so there it still raises.
         if total.requires_grad or run.world > 1:
-            (total / run.cfg.training.grad_accum).backward()
+            (total / accum).backward()
     logged = {k: float(v.detach()) for k, v in parts.items()}
     logged.update(extra)
     logged["total"] = float(total.detach())
@@ -519,7 +526,7 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False, ma
         if stage_at(cfg.training.stages, step) != run.stage:
             run.enter_stage(stage_at(cfg.training.stages, step))
         seed_step(cfg.training.seed, step, run.rank)
-        logs = mean_logs([micro_step(run, step, m) for m in range(cfg.training.grad_accum)])
+        logs = mean_logs([micro_step(run, step, m) for m in range(stage_accum(cfg, run.stage))])
         optimizer_step(run)
         history.append({"step": step + 1, "stage": cfg.training.stages[run.stage].name, **logs})
         bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if "/" not in k})
@@ -590,6 +597,9 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
     if dist.is_initialized():
+        # Every rank reaches teardown before any leaves: a rank that exits while rank 0 still writes the
+        # final checkpoint closes its gloo connections under rank 0, whose teardown then aborts the process.
+        dist.barrier()
         dist.destroy_process_group()
 
 

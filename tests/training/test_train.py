@@ -300,3 +300,23 @@ def test_subword_dropout_is_seeded_per_step_and_resume_stays_exact(tmp_path, tin
     train(path, tmp_path / "part", resume=True)
     a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "part")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stage_own_grad_accum_sets_its_micro_batches_per_step(tmp_path, monkeypatch):
+    import training.train as tt
+
+    drawn = []
+    original = tt.draw_batch
+
+    def recording(cfg, step, micro, rank, data=None):
+        drawn.append((step, micro))
+        return original(cfg, step, micro, rank, data)
+
+    monkeypatch.setattr(tt, "draw_batch", recording)
+    cfg = _tiny_run_config(tmp_path, grad_accum=2, stages=[
+        {"name": "heads", "steps": 1, "train_llm": "frozen"},
+        {"name": "lm", "steps": 2, "train_llm": "full", "decoder_losses": False, "grad_accum": 3},
+    ])  # fmt: skip
+    assert train(cfg, tmp_path / "run")["steps"] == 3
+    # training.grad_accum (2) where the stage sets none, the stage's own (3) where it does
+    assert drawn == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
