@@ -33,7 +33,8 @@ some in training (val keeps all); --schedule widens them by step (`until:type+ty
 ones; --balanced rejection-samples training questions towards equal types.
 With a config that has model.dense_probe, its per-patch loss is added to the LM loss (vision only);
 --pretrain-dense N first trains the tower, connector and probe N steps on that loss alone, and
---freeze-image keeps them fixed afterwards, so only the LLM learns the questions.
+--freeze-image keeps them fixed afterwards, so only the LLM learns the questions (--pretrain-batch B sets
+the pre-training batch apart from --batch, e.g. 8 before VQA at 256).
 --device cuda (or auto) runs the same on a GPU, float32, for runs too long for this CPU (bench/vqa_device.sh);
 --max-minutes M stops training after M minutes of wall time, scores and reports ("steps" says where).
 The prior is the share of val questions whose answer is their type's most frequent answer. With --json
@@ -218,6 +219,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=512, help="val questions (plus 128 on one-object scenes)")
     ap.add_argument("--pretrain-dense", type=int, default=0, metavar="N",
                     help="first N steps train the tower, projector and model.dense_probe on the dense labels alone")
+    ap.add_argument("--pretrain-batch", type=int, default=None, metavar="B",
+                    help="batch of the --pretrain-dense steps (default: --batch)")
     ap.add_argument("--freeze-image", action="store_true",
                     help="after --pretrain-dense, keep the tower, connector and probe fixed (the LLM alone learns)")
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -311,7 +314,8 @@ def main() -> None:
         allowed = next((ts for until, ts in schedule if step < until), types)
         seed = TRAIN_SEED if step >= 0 else PRETRAIN_SEED  # pre-training scenes are their own draw
         cap = next((c for until, c in objects_schedule if step < until), args.max_objects) if step >= 0 else args.max_objects
-        samples = questions.draw(seed, abs(step), batch, allowed, args.balanced, cap)
+        rows = batch if step >= 0 or args.pretrain_batch is None else args.pretrain_batch
+        samples = questions.draw(seed, abs(step), rows, allowed, args.balanced, cap)
         if images is not None:
             images.register(samples)
         out = system.model(**on(device, model_inputs(collate(processor, samples).inputs)))
@@ -344,7 +348,8 @@ def main() -> None:
             break
     result.update({"config": args.config, "image": args.image, "types": sorted(types), "schedule": args.schedule,
                    "max_objects": args.max_objects, "objects_schedule": args.objects_schedule, "balanced": args.balanced,
-                   "pretrain_dense": args.pretrain_dense, "freeze_image": args.freeze_image,
+                   "pretrain_dense": args.pretrain_dense, "pretrain_batch": args.pretrain_batch or batch,
+                   "freeze_image": args.freeze_image,
                    "dense_probe": cfg.model.dense_probe is not None and images is None, "batch": batch, "lr": args.lr,
                    "device": str(device), "max_minutes": args.max_minutes,
                    "prior": prior, "prior_by_type": prior_by_type, "train_s": round(time.perf_counter() - t0, 1),

@@ -116,10 +116,11 @@ def test_pretrain_dense_trains_the_probe_first_and_reports_it(tmp_path):
     assert result["pretrain_dense"] == 4 and result["dense_probe"] is True and result["steps"] == 2
     # the LLM alone then learns from a learned map of the fixed probe's predictions
     done = _run(["--config", str(path), "--image", "probe", "--freeze-image", "--pretrain-dense", "2", "--steps", "2",
-                 "--eval-every", "2", "--val", "32", "--json"])
+                 "--pretrain-batch", "3", "--eval-every", "2", "--val", "32", "--json"])
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["image"] == "probe" and result["freeze_image"] is True and result["steps"] == 2
+    assert result["pretrain_batch"] == 3 and result["batch"] == cfg["training"].get("batch_size", 8)
 
 
 def test_pretrain_dense_without_a_probe_is_refused():
