@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generalist-json", default=None,
                    help="reuse a `superlink eval --json` result (same --n/--split) instead of evaluating --model")
     p.add_argument("--no-generalist", action="store_true", help="skip the generalist (ratios are null)")
+    p.add_argument("--guidance", default="", metavar="G,G",
+                   help="GEN / EDIT: also score at these classifier-free guidance scales "
+                        "(specialist.<metric>@guidance<G>; the plain key is the config's default_guidance)")
     p.add_argument("--save", default=None, help="write the running results here (JSON) after each specialist")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -82,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not names:
         p.error(f"unknown specialist(s) {unknown}; accepted: {', '.join(NAMES)}")
     args.names = names
+    try:
+        args.guidance_scales = [float(g) for g in args.guidance.split(",") if g.strip()]
+    except ValueError:
+        p.error(f"--guidance {args.guidance!r}: expected comma-separated numbers >= 1, e.g. 1,2")
+    if any(not g >= 1.0 for g in args.guidance_scales):
+        p.error(f"--guidance {args.guidance!r}: every scale must be >= 1 (1 turns guidance off)")
     return args
 
 
@@ -175,6 +184,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[f"loss_last50.{name}"] = round(sum(tail) / max(len(tail), 1), 4)
         for m in spec.metrics:
             summary[f"specialist.{m}"] = scores[m]
+        for g in args.guidance_scales if name in ("GEN", "EDIT") else ():
+            decoder = spec.system.decoder_for(name)
+            default = decoder.config.default_guidance
+            decoder.config.default_guidance = g
+            try:
+                extra = evaluate_specialist(spec, split=args.split, n=args.n, seed=args.seed)
+            finally:
+                decoder.config.default_guidance = default
+            log(f"{name} at guidance {g:g}: {extra}")
+            for m in spec.metrics:
+                summary[f"specialist.{m}@guidance{g:g}"] = extra[m]
         del spec
         if args.save:
             Path(args.save).write_text(json.dumps(summary, indent=1))

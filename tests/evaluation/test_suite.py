@@ -106,6 +106,34 @@ def test_generation_and_editing_are_read_by_the_oracle():
     assert suite.score_editing(unchanged) == 0.0  # returning the source image is not an edit
 
 
+def test_generated_images_are_read_at_the_size_they_were_drawn():
+    """A 32-px [GEN] image: a stray pixel is noise, not an extra object; a real extra object still fails."""
+    from shapesworld.constants import COLORS
+    from shapesworld.oracle import read_objects
+
+    (gen,) = _family("generation", 1)
+    small = np.asarray(Image.fromarray(gen.targets[0].image).resize((32, 32), Image.Resampling.NEAREST)).copy()
+    clean = suite.Scored("generation", gen, _response(images=[GeneratedImage(
+        route="GEN", png_base64=_png(small), width=32, height=32)]))
+    assert suite.score_generation([clean]) == 1.0
+    used = {o["color"] for o in gen.targets[0].objects}
+    stray = next(c for c in COLORS if c not in used)
+    corner = small[:3, :3].reshape(-1, 3)
+    assert (corner == corner[0]).all(), "the test needs a plain background corner"
+    specked = small.copy()
+    specked[1, 1] = COLORS[stray]  # one drawn pixel of another palette colour
+    big = suite.at_scene_size(specked, (128, 128))
+    assert any(o.color == stray for o in read_objects(big))  # the oracle's 128-px floor counts it as an object
+    scored = suite.Scored("generation", gen, _response(images=[GeneratedImage(
+        route="GEN", png_base64=_png(specked), width=32, height=32)]))
+    assert suite.score_generation([scored]) == 1.0
+    blob = small.copy()
+    blob[:5, :5] = COLORS[stray]  # 25 drawn pixels (400 at scene size): as large as the smallest target objects
+    scored = suite.Scored("generation", gen, _response(images=[GeneratedImage(
+        route="GEN", png_base64=_png(blob), width=32, height=32)]))
+    assert suite.score_generation([scored]) == 0.0
+
+
 def test_added_object_may_be_anywhere_but_kept_objects_stay_put():
     for e in _family("editing", 30):
         want = suite.edit_expectation(e)
