@@ -22,7 +22,9 @@
 #                      which colour, shape, side and height were learnt from words; count and exists were not
 #                      (EVAL.md, "Batch size")
 #   oracle_b256        exact labels and patch positions at batch 256, lr 1e-3, no curriculum
-#   vision_frozen_b256 the frozen dense-label tower at batch 256, lr 1e-3, no curriculum
+#   vision_frozen_b256 the frozen dense-label tower (pre-trained at batch 8) with VQA at batch 256, lr 3e-4, no
+#                      curriculum: the CPU run that lifted count over its prior (0.553 at step 536, still rising;
+#                      EVAL.md, "Image tokens at batch 256"), taken as far as the device call allows
 # Results under $OUT: vqa_<run>.log and vqa_<run>.json (the run's JSON line), device.txt, and a summary printed
 # last (one JSON object: run -> steps, acc, acc_by_type, prior).
 set -uo pipefail
@@ -71,7 +73,7 @@ args_for() {
     text_b64) echo "--config $SHAPES --image text --objects-schedule $CURRICULUM --batch 64 --lr 1e-3" ;;
     text_b256) echo "--config $SHAPES --image text --batch 256 --lr 1e-3" ;;
     oracle_b256) echo "--config $SHAPES --image oracle_pos --batch 256 --lr 1e-3" ;;
-    vision_frozen_b256) echo "--config $VISION --image vision --pretrain-dense $PRETRAIN --freeze-image --batch 256 --lr 1e-3" ;;
+    vision_frozen_b256) echo "--config $VISION --image vision --pretrain-dense $PRETRAIN --pretrain-batch 8 --freeze-image --batch 256 --lr 3e-4" ;;
     *) echo "vqa_device.sh: unknown run '$1'; known: $ALL" >&2; return 1 ;;
   esac
 }

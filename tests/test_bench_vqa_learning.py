@@ -155,7 +155,8 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
     wide = json.loads((tmp_path / "vqa_text_b64.json").read_text())
     assert wide["image"] == "text" and wide["batch"] == 64 and wide["lr"] == 1e-3
     large = json.loads((tmp_path / "vqa_vision_frozen_b256.json").read_text())
-    assert large["batch"] == 256 and large["lr"] == 1e-3 and large["freeze_image"] and large["objects_schedule"] == ""
+    assert large["batch"] == 256 and large["lr"] == 3e-4 and large["freeze_image"] and large["objects_schedule"] == ""
+    assert large["pretrain_batch"] == 8
 
 
 def test_oracle_pos_tokens_carry_the_exact_labels_and_each_patch_row_and_column():
