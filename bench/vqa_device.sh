@@ -25,6 +25,9 @@
 #   vision_frozen_b256 the frozen dense-label tower (pre-trained at batch 8) with VQA at batch 256, lr 3e-4, no
 #                      curriculum: the CPU run that lifted count over its prior (0.553 at step 536, still rising;
 #                      EVAL.md, "Image tokens at batch 256"), taken as far as the device call allows
+#   vision_frozen_b256_init  the same from the shipped model (--init checkpoints/shapes, configs/shapes_read.yaml:
+#                      its LLM and tokenizer, a fresh dense-label tower): does the shipped LLM learn to read as
+#                      fast as a fresh one (EVAL.md, "The shipped LLM at batch 256")? checkpoints/shapes in both modes
 # Results under $OUT: vqa_<run>.log and vqa_<run>.json (the run's JSON line), device.txt, and a summary printed
 # last (one JSON object: run -> steps, acc, acc_by_type, prior).
 set -uo pipefail
@@ -32,7 +35,8 @@ cd "$(dirname "$0")/.."
 MODE="${1:-}"
 OUT="${OUT:-bench/out}"
 MINUTES="${MINUTES:-7}"
-ALL="oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64 text_b256 oracle_b256 vision_frozen_b256"
+ALL="oracle_curriculum oracle_flat oracle_words vision_frozen vision_joint text text_b64 text_b256 oracle_b256 vision_frozen_b256
+     vision_frozen_b256_init"
 RUNS="${RUNS:-$ALL}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
@@ -74,6 +78,7 @@ args_for() {
     text_b256) echo "--config $SHAPES --image text --batch 256 --lr 1e-3" ;;
     oracle_b256) echo "--config $SHAPES --image oracle_pos --batch 256 --lr 1e-3" ;;
     vision_frozen_b256) echo "--config $VISION --image vision --pretrain-dense $PRETRAIN --pretrain-batch 8 --freeze-image --batch 256 --lr 3e-4" ;;
+    vision_frozen_b256_init) echo "--config configs/shapes_read.yaml --init checkpoints/shapes --image vision --pretrain-dense $PRETRAIN --pretrain-batch 8 --freeze-image --batch 256 --lr 3e-4" ;;
     *) echo "vqa_device.sh: unknown run '$1'; known: $ALL" >&2; return 1 ;;
   esac
 }

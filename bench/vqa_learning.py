@@ -3,7 +3,7 @@
     python bench/vqa_learning.py [--image vision|probe|oracle|oracle_pos|oracle_words|scene|answer|text] [--types color,shape] [--steps 1500]
                                  [--schedule 600:color,1200:color+shape] [--max-objects 1] [--balanced]
                                  [--objects-schedule 500:1,1500:2] [--device auto] [--max-minutes 7]
-                                 [--pretrain-dense 800] [--freeze-image] [--json]
+                                 [--pretrain-dense 800] [--freeze-image] [--init checkpoints/shapes] [--json]
 
 Trains the config's SuperLink model (no decoders) on ShapesWorld VQA alone, the LM loss at one learning
 rate for every group (constant after a linear warm-up), and every --eval-every steps scores the exact
@@ -35,11 +35,13 @@ With a config that has model.dense_probe, its per-patch loss is added to the LM 
 --pretrain-dense N first trains the tower, connector and probe N steps on that loss alone, and
 --freeze-image keeps them fixed afterwards, so only the LLM learns the questions (--pretrain-batch B sets
 the pre-training batch apart from --batch, e.g. 8 before VQA at 256).
+--init DIR starts from a saved model (its tokenizer, and every tensor whose name and shape fit; the config
+must describe the same model, plus any dense probe): does a trained LLM learn to read as fast as a fresh one?
 --device cuda (or auto) runs the same on a GPU, float32, for runs too long for this CPU (bench/vqa_device.sh);
 --max-minutes M stops training after M minutes of wall time, scores and reports ("steps" says where).
 The prior is the share of val questions whose answer is their type's most frequent answer. With --json
 the last line is one JSON object: steps, acc, acc_by_type, acc_one_object, acc_one_object_by_type, prior,
-prior_by_type, history.
+prior_by_type, history, init.
 """
 
 from __future__ import annotations
@@ -69,7 +71,14 @@ from router.loss import collate, dense_probe_loss, dense_targets, model_inputs  
 from router.system import build_system  # noqa: E402
 from shapesworld.constants import COLORS, KINDS  # noqa: E402
 from shapesworld.scene import DENSE_LABELS, MAX_OBJECTS, sample_scene  # noqa: E402
-from training.train import build_optimizer, build_scheduler, is_connector, set_trainable  # noqa: E402
+from training.train import (  # noqa: E402
+    build_optimizer,
+    build_scheduler,
+    init_tokenizer,
+    init_weights,
+    is_connector,
+    set_trainable,
+)
 
 TYPES = ("count", "exists", "side", "height", "shape", "color")
 ANSWERS = (*tasks.NUMBERS, "yes", "no", "left", "right", "top", "bottom", *KINDS, *COLORS)
@@ -225,6 +234,8 @@ def main() -> None:
                     help="after --pretrain-dense, keep the tower, connector and probe fixed (the LLM alone learns)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop training after this wall time (the pre-training included), score, and report")
+    ap.add_argument("--init", default=None, metavar="DIR",
+                    help="start from a saved model folder (its tokenizer and every tensor that fits), e.g. checkpoints/shapes")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (the GPU when there is one); float32 throughout")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -245,7 +256,11 @@ def main() -> None:
         raise SystemExit("--freeze-image needs --pretrain-dense N (a from-scratch tower kept fixed sees nothing)")
     torch.manual_seed(0)
     device = resolve_device(args.device)
-    system, processor = build_system(cfg, decoders=[])
+    tokenizer = init_tokenizer(Path(args.init), cfg) if args.init else None
+    system, processor = build_system(cfg, decoders=[], tokenizer=tokenizer)
+    if args.init:
+        copied = init_weights(system, Path(args.init))
+        print(f"--init {args.init}: {copied['copied']} tensors copied, {copied['fresh']} start fresh", file=sys.stderr)
     images = None
     if args.image == "probe":
         system.model.controlled_images = nn.Linear(probe.labels, cfg.model.text.hidden_size)  # group "llm"
@@ -349,7 +364,7 @@ def main() -> None:
     result.update({"config": args.config, "image": args.image, "types": sorted(types), "schedule": args.schedule,
                    "max_objects": args.max_objects, "objects_schedule": args.objects_schedule, "balanced": args.balanced,
                    "pretrain_dense": args.pretrain_dense, "pretrain_batch": args.pretrain_batch or batch,
-                   "freeze_image": args.freeze_image,
+                   "freeze_image": args.freeze_image, "init": args.init,
                    "dense_probe": cfg.model.dense_probe is not None and images is None, "batch": batch, "lr": args.lr,
                    "device": str(device), "max_minutes": args.max_minutes,
                    "prior": prior, "prior_by_type": prior_by_type, "train_s": round(time.perf_counter() - t0, 1),

@@ -140,6 +140,22 @@ def test_max_minutes_stops_training_and_still_reports():
     assert "--max-minutes 0.0: stopped after step 1 of 1000" in done.stdout
 
 
+
+def test_init_starts_from_a_saved_model_and_its_tokenizer():
+    # the shipped model, its LLM all but fixed (lr 1e-12): it answers VQA at about its prior, a fresh LLM never exactly
+    common = ["--config", "checkpoints/shapes/superlink.yaml", "--image", "vision", "--steps", "1", "--lr", "1e-12",
+              "--batch", "2", "--eval-every", "1", "--val", "64", "--json"]
+    shipped = _run([*common, "--init", "checkpoints/shapes"])
+    assert shipped.returncode == 0, shipped.stderr[-2000:]
+    assert "--init checkpoints/shapes: " in shipped.stderr and " tensors copied, 0 start fresh" in shipped.stderr
+    fresh = _run(common)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    acc = {name: json.loads(done.stdout.strip().splitlines()[-1])["acc"] for name, done in
+           (("shipped", shipped), ("fresh", fresh))}
+    assert acc["shipped"] > 0.2 and acc["fresh"] < 0.05, acc
+    missing = _run([*common, "--init", "no/such/folder"])
+    assert missing.returncode != 0 and "no mllm/tokenizer.json" in missing.stderr
+
 @pytest.mark.slow
 def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(tmp_path)}
@@ -148,7 +164,7 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(summary) == {"oracle_curriculum", "oracle_flat", "oracle_words", "vision_frozen", "vision_joint", "text",
-                            "text_b64", "text_b256", "oracle_b256", "vision_frozen_b256"}
+                            "text_b64", "text_b256", "oracle_b256", "vision_frozen_b256", "vision_frozen_b256_init"}
     assert all(r["steps"] == 6 and r["device"] == "cpu" for r in summary.values())
     frozen = json.loads((tmp_path / "vqa_vision_frozen.json").read_text())
     assert frozen["freeze_image"] and frozen["objects_schedule"] == "3:1" and frozen["lr"] == 3e-4
@@ -157,6 +173,8 @@ def test_device_kit_runs_every_run_in_cpu_mode(tmp_path):
     large = json.loads((tmp_path / "vqa_vision_frozen_b256.json").read_text())
     assert large["batch"] == 256 and large["lr"] == 3e-4 and large["freeze_image"] and large["objects_schedule"] == ""
     assert large["pretrain_batch"] == 8
+    shipped = json.loads((tmp_path / "vqa_vision_frozen_b256_init.json").read_text())
+    assert shipped["init"] == "checkpoints/shapes" and shipped["batch"] == 256 and shipped["freeze_image"]
 
 
 def test_oracle_pos_tokens_carry_the_exact_labels_and_each_patch_row_and_column():
