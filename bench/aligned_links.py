@@ -5,6 +5,8 @@
                                       [--train-llm] [--scenes 200] [--export OUT] [--json]
     python bench/aligned_links.py anchor --model DIR --reference shapes [--routes DET,SEG,GRD,POSE] [--steps 2000]
                                        [--scenes 200] [--export OUT] [--json]
+    python bench/aligned_links.py align-images --model shapes [--routes GEN,EDIT] [--steps 600] [--train-llm]
+                                             [--scenes 100] [--export OUT] [--json]
 
 `teacher` trains the routes' decoders from scratch on phrase-encoder conditioning
 (`training.teacher.train_teacher`; routes that share a decoder in the config share it here) and scores each
@@ -20,6 +22,12 @@ aligned model as a loadable folder.
 the model's LLM so that its link states, for the training wordings of a request, map to the vectors the
 reference gives for the request's template wording (`training.teacher.anchor_links`, LM loss and replay kept).
 For a model whose LLM was trained on (LM only) after the reference's decoders were fitted.
+
+`align-images` fits the [GEN] / [EDIT] routes' projectors and their decoders' mappers (with --train-llm the LLM
+too) so that the mapped link states match the frozen text encoder's embedding of the target's description
+(`training.teacher.align_image_links`; VisionLLM v2 aligns its generation links to CLIP's text features the
+same way), then scores the routes' families on --scenes val scenes (`bench/image_links.py` measures the
+alignment itself).
 
 With --json the last line is one JSON object (per route: steps, the metrics; for align: alignment cosine,
 generated and forced metrics).
@@ -45,10 +53,20 @@ from evaluation.suite import evaluate_pipeline  # noqa: E402
 from router.config import load_config  # noqa: E402
 from router.pipeline import Pipeline  # noqa: E402
 from training.specialists import DECODER_TASKS  # noqa: E402
-from training.teacher import PERCEPTION, TRAINING_WORDINGS, Teacher, align_links, anchor_links, train_teacher  # noqa: E402
+from training.teacher import (  # noqa: E402
+    IMAGE_ROUTES,
+    PERCEPTION,
+    TRAINING_WORDINGS,
+    Teacher,
+    align_image_links,
+    align_links,
+    anchor_links,
+    train_teacher,
+)
 
 KEYS = {"DET": ("det_ap", "det_ap50", "det_ap_agnostic", "phrase_acc"), "SEG": ("seg_ap", "phrase_acc"),
         "GRD": ("grd_acc50",), "POSE": ("pose_ap", "phrase_acc")}
+IMAGE_KEYS = {"GEN": ("gen_acc", "gen_object_f1", "gen_color_f1", "routing_acc"), "EDIT": ("edit_acc", "routing_acc")}
 
 
 def routes_arg(text: str) -> tuple[str, ...]:
@@ -126,6 +144,39 @@ def cmd_anchor(args: argparse.Namespace) -> dict:
     return result
 
 
+def cmd_align_images(args: argparse.Namespace) -> dict:
+    pipe = Pipeline.from_pretrained(args.model)
+    result: dict = {"model": args.model, "routes": list(args.routes), "steps": args.steps, "lr": args.lr,
+                    "train_llm": args.train_llm, "replay_weight": args.replay_weight if args.train_llm else None,
+                    "scenes": args.scenes}
+    try:
+        out = align_image_links(pipe, args.routes, args.steps, lr=args.lr, seed=args.seed, train_llm=args.train_llm,
+                                llm_lr=args.llm_lr, replay_weight=args.replay_weight,
+                                log=lambda m: print(m, flush=True))
+        result["align"] = {"cosine": out.cosine, "train_s": out.train_s,
+                           "mse_last100": {r: round(float(sum(v[-100:]) / max(len(v[-100:]), 1)), 5)
+                                           for r, v in out.mse.items()}}
+        if args.export:
+            pipe.save_pretrained(args.export)
+            result["export"] = args.export
+        for r in args.routes if args.scenes else ():
+            t0 = time.perf_counter()
+            m = evaluate_pipeline(pipe, n=args.scenes, families=(DECODER_TASKS[r],), wording="template")
+            result[r] = {k: m.get(k) for k in IMAGE_KEYS[r]}
+            print(f"{r}: {result[r]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    finally:
+        pipe.close()
+    return result
+
+
+def image_routes_arg(text: str) -> tuple[str, ...]:
+    routes = tuple(r.strip().upper() for r in text.split(",") if r.strip())
+    bad = [r for r in routes if r not in IMAGE_ROUTES]
+    if bad or not routes:
+        raise argparse.ArgumentTypeError(f"unknown routes {bad or text!r}; accepted: {', '.join(IMAGE_ROUTES)}")
+    return routes
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -162,7 +213,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="the model's instructions' wording (default: its training wording)")
     n.add_argument("--scenes", type=int, default=200, help="val scenes per route's family (0: do not score)")
     n.add_argument("--export", default=None, help="save the anchored model here")
-    for p in (t, a, n):
+    g = sub.add_parser("align-images", help="align the [GEN]/[EDIT] links to the frozen text encoder and score them")
+    g.add_argument("--model", default="shapes")
+    g.add_argument("--routes", type=image_routes_arg, default=IMAGE_ROUTES)
+    g.add_argument("--steps", type=int, default=600, help="alignment steps in all (the routes take turns)")
+    g.add_argument("--lr", type=float, default=1e-3, help="rate of the projectors and mappers")
+    g.add_argument("--train-llm", action="store_true")
+    g.add_argument("--llm-lr", type=float, default=1e-4)
+    g.add_argument("--replay-weight", type=float, default=1.0)
+    g.add_argument("--scenes", type=int, default=100, help="val scenes per route's family (0: do not score)")
+    g.add_argument("--export", default=None, help="save the aligned model here")
+    for p in (t, a, n, g):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--json", action="store_true")
@@ -170,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "teacher" and args.budget_cpu_min is None and args.steps is None:
         args.budget_cpu_min = 3.0
     torch.set_num_threads(args.threads)
-    result = {"teacher": cmd_teacher, "align": cmd_align, "anchor": cmd_anchor}[args.cmd](args)
+    result = {"teacher": cmd_teacher, "align": cmd_align, "anchor": cmd_anchor,
+              "align-images": cmd_align_images}[args.cmd](args)
     if args.json:
         print(json.dumps(result))
 

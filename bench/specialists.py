@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from router.config import load_config  # noqa: E402
+from router.config import load_config, with_overrides  # noqa: E402
 from training.specialists import (  # noqa: E402
     DECODER_TASKS,
     LANGUAGE_TASKS,
@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", default="", metavar="G,G",
                    help="GEN / EDIT: also score at these classifier-free guidance scales "
                         "(specialist.<metric>@guidance<G>; the plain key is the config's default_guidance)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (dotted key, YAML value; repeatable), e.g. "
+                        "--set 'decoders.generator.block_out_channels=[64, 128]'")
+    p.add_argument("--decoder-lr", type=float, default=None,
+                   help="AdamW rate of the decoder specialists' decoders (default 6e-4, the joint stage's)")
     p.add_argument("--save", default=None, help="write the running results here (JSON) after each specialist")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -155,7 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.merge:
         return finish(merge(args.merge), args)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    try:
+        cfg = with_overrides(load_config(args.config), args.overrides)
+    except ValueError as e:  # pydantic's ValidationError is one too
+        raise SystemExit(f"--set: {e}") from None
     if args.budget_cpu_min is not None:
         budget_s, clock, what = 60.0 * args.budget_cpu_min, "cpu", f"{args.budget_cpu_min:g} CPU min"
     elif args.budget_min is not None:
@@ -164,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         budget_s, clock, what = None, "wall", f"{args.steps} steps"
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"config": args.config, "model": args.model, "n": args.n, "split": args.split,
-                               "budget": what, "threads": args.threads}
+                               "budget": what, "threads": args.threads, "overrides": args.overrides,
+                               "decoder_lr": args.decoder_lr}
     if not args.no_generalist:
         log(f"generalist {args.model} at n={args.n}")
         general = generalist_metrics(args)
@@ -173,8 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(args.save).write_text(json.dumps(summary, indent=1))
     for name in args.names:
         log(f"training {name} ({what})")
+        extra = {"lr": args.decoder_lr} if args.decoder_lr is not None and name in DECODER_TASKS else {}
         spec = train_specialist(cfg, name, budget_s=budget_s, steps=args.steps, seed=args.seed, encoder=args.encoder,
-                                log=log, clock=clock)
+                                log=log, clock=clock, **extra)
         scores = evaluate_specialist(spec, split=args.split, n=args.n, seed=args.seed)
         tail = spec.losses[-50:]
         log(f"{name}: {spec.steps} steps, last-50 loss {sum(tail) / max(len(tail), 1):.4f}, {scores}")

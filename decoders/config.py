@@ -111,6 +111,12 @@ class DiffusionConfig(StrictModel):
         "with v_prediction); fixes the brightness and colour shifts of flat images trained from scratch",
     )
     cond_drop: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance drop rate in training")
+    loss_weighting: Literal["uniform", "min_snr"] = Field(
+        "uniform",
+        description="timestep weighting of the denoising loss: uniform, or Min-SNR-gamma (Hang et al. 2023: each "
+        "timestep's loss weighed as if it were an x0 loss capped at min(SNR, min_snr_gamma))",
+    )
+    min_snr_gamma: float = Field(5.0, gt=0.0, description="the cap of loss_weighting: min_snr")
     align_weight: float = Field(
         0.0, ge=0.0,
         description="weight of the MSE between mapped link states and the frozen text encoder's embedding of the "

@@ -155,6 +155,20 @@ def default_scheduler_config(config: DiffusionConfig) -> dict[str, Any]:
     return dict(sched.config)
 
 
+def min_snr_weights(scheduler: Any, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B,) Min-SNR-gamma loss weights for timesteps t under `scheduler`'s prediction type: the loss at each
+    timestep counts as an x0 loss weighed min(SNR, gamma), so nearly clean timesteps stop dominating."""
+    alphas = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alphas / (1.0 - alphas).clamp_min(1e-12)
+    capped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return capped / (snr + 1.0)
+    if kind == "sample":
+        return capped
+    return capped / snr.clamp_min(1e-12)  # epsilon
+
+
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """(B, 3, H, W) in [-1, 1] -> list of uint8 (H, W, 3)."""
     x = ((images.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
@@ -329,7 +343,10 @@ class _DiffusionDecoder(nn.Module):
             target = x0
         else:
             target = noise
-        return F.mse_loss(pred.float(), target.float())
+        if self.config.loss_weighting == "uniform":
+            return F.mse_loss(pred.float(), target.float())
+        per_item = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))  # (B,)
+        return (per_item * min_snr_weights(self.train_scheduler, t, self.config.min_snr_gamma)).mean()
 
     def _condition(self, states: torch.Tensor, targets: DiffusionTargets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The UNet's training condition (B, T, D) and the link alignment loss, when the targets carry texts."""

@@ -214,6 +214,26 @@ def generation_accuracy(
     return hits / n
 
 
+def object_f1(
+    images: Sequence[Any], expected_objects: Sequence[Sequence[Any]], reader: Reader | None = None,
+    key: str = "object",
+) -> float:
+    """Micro F1 of the (kind, colour) multisets the oracle reads against the expected ones, pooled over the
+    images: partial credit where `generation_accuracy` gives none (two of three objects right count).
+    `key`: "object" matches (kind, colour) pairs, "color" colours alone, "kind" kinds alone."""
+    n = _check_lengths("object_f1", images, expected_objects)
+    pick = {"object": lambda k: k, "color": lambda k: k[1], "kind": lambda k: k[0]}
+    if key not in pick:
+        raise ValueError(f"object_f1: unknown key {key!r}; accepted: {', '.join(pick)}")
+    read = reader or _default_reader()
+    tp = total = 0
+    for img, exp in zip(images, expected_objects, strict=True):
+        got, want = (Counter(pick[key](k) for k in _kind_colors(objs).elements()) for objs in (read(img), exp))
+        tp += sum((got & want).values())
+        total += sum(got.values()) + sum(want.values())
+    return 2 * tp / total if total else (1.0 if n else 0.0)
+
+
 def _pair_ok(got: Any, want: Any) -> bool:
     """Same kind and colour, and (when `want` has a box) box IoU >= 0.5: it did not move wrongly."""
     if (_field(got, "kind"), _field(got, "color")) != (_field(want, "kind"), _field(want, "color")):

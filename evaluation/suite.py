@@ -10,7 +10,10 @@ poly_count_ok the fraction of polygons the model wrote (class slot + location to
 the point count the instruction asked for.
 
 region_acc (answers about a <region> prompt), det_ap_agnostic (class-agnostic [DET] box AP: localisation
-alone) and phrase_acc (routed phrases equal to the reference ones) are diagnostics beyond the issue's list.
+alone) and phrase_acc (routed phrases equal to the reference ones) are diagnostics beyond the issue's list,
+as are gen_object_f1 and gen_color_f1: the F1 of the (kind, colour) pairs, and of the colours alone, that the
+oracle reads in the [GEN] images against the requested ones, pooled over the scenes (partial credit where
+gen_acc, all objects exactly, gives none).
 
 `n` is the TOTAL number of scenes, dealt round-robin over the task families in `FAMILIES`
 (n=200 gives 16 or 17 scenes per family). Scene k of family f is drawn from
@@ -51,6 +54,7 @@ from evaluation.metrics import (
     generation_accuracy,
     grounding_acc50,
     iou_xyxy,
+    object_f1,
     routing_accuracy,
     vqa_accuracy,
 )
@@ -76,7 +80,7 @@ AP_THRESHOLD = 0.05  # AP needs the low-score tail of the precision-recall curve
 AP_FAMILIES = ("detection", "segmentation", "keypoints", "compound")
 METRIC_KEYS: tuple[str, ...] = ("det_ap", "det_ap50", "native_det_ap", "seg_ap", "grd_acc50", "pose_ap", "vqa_acc",
                                 "caption_f1", "gen_acc", "edit_acc", "routing_acc", "region_acc", "det_ap_agnostic",
-                                "phrase_acc", "poly_ap", "poly_count_ok")
+                                "phrase_acc", "poly_ap", "poly_count_ok", "gen_object_f1", "gen_color_f1")
 _ROUTE_RE = re.compile(r"\[([A-Z]+)\]")
 HELDOUT = "_heldout_wording"  # suffix of the metrics on held-out wordings
 HELDOUT_METRIC_KEYS: tuple[str, ...] = tuple(k + HELDOUT for k in METRIC_KEYS)
@@ -359,6 +363,20 @@ def score_generation(scored: Sequence[Scored]) -> float | None:
     return _score_first_image(scored, "GEN", score)
 
 
+def score_generation_f1(scored: Sequence[Scored], key: str) -> float | None:
+    """`evaluation.metrics.object_f1` of the [GEN] images (at scene size) against the requested objects; an item
+    without an image counts as an empty image."""
+    if not scored:
+        return None
+    images, wanted = [], []
+    for s in scored:
+        target = s.sample.targets[0]
+        found = [im for im in s.response.images if im.route == "GEN"]
+        images.append(at_scene_size(decode_png(found[0].png_base64), target.image.shape[:2]) if found else None)
+        wanted.append(target.objects)
+    return object_f1(images, wanted, lambda im: [] if im is None else read_generated(im), key=key)
+
+
 def edit_expectation(sample: TaskSample) -> list[dict[str, Any]]:
     """Objects the edited image must hold; an added object may be anywhere (box None)."""
     target = sample.targets[0]
@@ -427,6 +445,8 @@ def score_all(scored: Sequence[Scored], location_bins: int) -> dict[str, float |
         "phrase_acc": score_phrases(scored),
         "poly_ap": poly and poly["ap"],
         "poly_count_ok": score_polygon_counts(fam["polygon"]),
+        "gen_object_f1": score_generation_f1(fam["generation"], "object"),
+        "gen_color_f1": score_generation_f1(fam["generation"], "color"),
     }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import Field, field_validator, model_validator
 
 from decoders.config import DecodersConfig
@@ -236,6 +238,26 @@ def load_config(preset_or_path: str | Path) -> SuperLinkConfig:
     if not p.suffix and not p.exists():
         p = config_dir() / f"{preset_or_path}.yaml"
     return load_yaml(p, SuperLinkConfig)
+
+
+def with_overrides(cfg: SuperLinkConfig, overrides: Sequence[str]) -> SuperLinkConfig:
+    """`cfg` with dotted `KEY=VALUE` settings applied (VALUE read as YAML), validated again:
+    ["decoders.generator.block_out_channels=[64, 128]", "training.batch_size=16"]."""
+    data = cfg.model_dump()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. training.batch_size=16")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section of the config")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: unknown key {leaf!r}; accepted here: {', '.join(sorted(node))}")
+        node[leaf] = yaml.safe_load(raw)
+    return SuperLinkConfig.model_validate(data)
 
 
 def model_config_of(preset_or_dir: str | Path) -> SuperLinkConfig:

@@ -40,3 +40,25 @@ def test_bad_route_rejected(tmp_path):
 def test_missing_file_is_clear():
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_preset")
+
+
+def test_overrides_set_dotted_keys_and_are_validated():
+    from pydantic import ValidationError
+
+    from router.config import with_overrides
+
+    base = load_config("shapes")
+    cfg = with_overrides(base, ["decoders.generator.block_out_channels=[64, 128]", "training.batch_size=16",
+                                "decoders.generator.loss_weighting=min_snr"])
+    assert cfg.decoders.generator.block_out_channels == [64, 128] and cfg.training.batch_size == 16
+    assert cfg.decoders.generator.loss_weighting == "min_snr"
+    assert cfg.decoders.editor.block_out_channels == base.decoders.editor.block_out_channels  # nothing else moved
+    assert with_overrides(base, []).model_dump() == base.model_dump()
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        with_overrides(base, ["training.batch_size"])
+    with pytest.raises(ValueError, match="unknown key 'batch_sise'; accepted here: .*batch_size"):
+        with_overrides(base, ["training.batch_sise=4"])
+    with pytest.raises(ValueError, match="training.batch_size is not a section"):
+        with_overrides(base, ["training.batch_size.x=4"])
+    with pytest.raises(ValidationError, match="batch_size"):
+        with_overrides(base, ["training.batch_size=0"])

@@ -58,7 +58,7 @@ LANGUAGE_TASKS: tuple[str, ...] = ("vqa", "caption", "native_detection")
 # what each specialist is scored on (keys of evaluation.suite.score_all)
 METRICS: dict[str, tuple[str, ...]] = {
     "DET": ("det_ap", "det_ap50"), "SEG": ("seg_ap",), "GRD": ("grd_acc50",), "POSE": ("pose_ap",),
-    "GEN": ("gen_acc",), "EDIT": ("edit_acc",), "vqa": ("vqa_acc",), "caption": ("caption_f1",),
+    "GEN": ("gen_acc", "gen_object_f1", "gen_color_f1"), "EDIT": ("edit_acc",), "vqa": ("vqa_acc",), "caption": ("caption_f1",),
     "native_detection": ("native_det_ap",),
 }
 TARGET_METRICS: tuple[str, ...] = tuple(m for ms in METRICS.values() for m in ms)

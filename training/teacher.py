@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from router.bindings import SuperLinkSystem, default_bindings
+from router.bindings import SuperLinkSystem, default_bindings, target_texts
 from router.config import StageConfig, SuperLinkConfig, load_config
 from router.loss import collate, decoder_loss, model_inputs, route_targets
 from router.system import build_system
@@ -54,6 +54,7 @@ from training.train import batch_samples, build_scheduler, is_connector
 REPLAY_OFFSET = 2_000_000  # align_links' replay batches: batch_samples steps far past any training run's
 TRAINING_WORDINGS = ("template", "train", "noisy", "noisy_mixed")  # anchor_links' model wordings: no held-out one
 PERCEPTION = ("DET", "SEG", "GRD", "POSE")  # the routes a teacher can train (category or referring phrases)
+IMAGE_ROUTES = ("GEN", "EDIT")  # the routes align_image_links fits to the frozen text encoder
 TEACHER_FILE, ENCODERS_FILE, META_FILE = "decoders.safetensors", "encoders.safetensors", "teacher.json"
 
 
@@ -255,14 +256,57 @@ def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed:
     does not see are not forgotten (without it, 3 600 alignment steps at 1e-4 left routing 0.98 -> 0.49 and VQA
     0.40 -> 0.02). The replay batches follow the model's training seed and the step, not `seed`.
     """
+    install_decoders(pipe.system, teacher)
+
+    def fit(route: str, samples: list[Any], links: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        mapped = pipe.system.project(route, links.states)  # (N, Q, C)
+        return mapped, teacher.targets(route, link_texts(samples, route, links.index)).to(mapped)
+
+    return _fit_links(pipe, teacher.routes, [pipe.system.projectors[r] for r in teacher.routes], fit, steps, lr, seed,
+                      train_llm, llm_lr, lm_weight, replay_weight, warmup, log, "align")
+
+
+def align_image_links(pipe: Any, routes: Sequence[str] = IMAGE_ROUTES, steps: int = 600, lr: float = 1e-3,
+                      seed: int = 0, train_llm: bool = False, llm_lr: float = 1e-4, lm_weight: float = 1.0,
+                      replay_weight: float = 1.0, warmup: int = 50,
+                      log: Callable[[str], None] | None = None) -> AlignResult:
+    """VisionLLM v2's alignment of the generation links: fit the [GEN] / [EDIT] routes' projectors and their
+    decoders' mappers so that mapper(project(link states)) matches the frozen text encoder's embedding of the
+    target's description (`router.bindings.target_texts`), the condition a text-conditioned UNet
+    (`decoder_conditioning: text`) learns to draw from. MSE, teacher-forced on the routes' tasks; the UNets are
+    not touched. train_llm, replay_weight: as `align_links` (a moving LLM moves every other route's link states
+    too, so the default keeps it frozen). bench/image_links.py measures the result."""
+    system = pipe.system
+    bad = [r for r in routes if r not in IMAGE_ROUTES or r not in system.projectors]
+    if bad or not routes:
+        raise ValueError(f"routes {list(bad or routes)} are not deployed image routes; accepted: "
+                         f"{', '.join(r for r in IMAGE_ROUTES if r in system.projectors)}")
+    decoders = {r: system.decoder_for(r) for r in routes}
+
+    def fit(route: str, samples: list[Any], links: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        mapped = decoders[route].mapper(system.project(route, links.states))  # (N, T, D)
+        _, targets = route_targets(samples, route, links.index)
+        with torch.no_grad():
+            text = decoders[route].text_encoder(target_texts(targets))
+        return mapped, text.to(mapped)
+
+    heads = [m for r in routes for m in (system.projectors[r], decoders[r].mapper)]
+    return _fit_links(pipe, tuple(routes), heads, fit, steps, lr, seed, train_llm, llm_lr, lm_weight, replay_weight,
+                      warmup, log, "align images")
+
+
+def _fit_links(pipe: Any, routes: Sequence[str], heads: Sequence[nn.Module],
+               fit: Callable[[str, list[Any], Any], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
+               seed: int, train_llm: bool, llm_lr: float, lm_weight: float, replay_weight: float, warmup: int,
+               log: Callable[[str], None] | None, tag: str) -> AlignResult:
+    """The alignment loop: the routes take turns; `fit(route, samples, links)` gives (what the heads make of the
+    link states, the frozen target); the heads (and with train_llm the LLM) learn the MSE between them."""
     system, cfg = pipe.system, pipe.config
     model = system.model
-    install_decoders(system, teacher)
     system.eval().requires_grad_(False)
-    projectors = [system.projectors[r] for r in teacher.routes]
-    for p in projectors:
-        p.train().requires_grad_(True)
-    groups = [{"params": [p for m in projectors for p in m.parameters()], "lr": lr}]
+    for m in heads:
+        m.train().requires_grad_(True)
+    groups = [{"params": [p for m in heads for p in m.parameters()], "lr": lr}]
     if train_llm:
         model.train()
         for name, p in model.named_parameters():  # the image side stays as it is
@@ -271,17 +315,15 @@ def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed:
     opt = torch.optim.AdamW(groups, weight_decay=cfg.training.weight_decay)
     sched = build_scheduler(opt, StageConfig(name="align", steps=1, warmup_steps=warmup, lr={}))
     params = [p for g in groups for p in g["params"]]
-    mse: dict[str, list[float]] = {r: [] for r in teacher.routes}
-    cos: dict[str, list[float]] = {r: [] for r in teacher.routes}
+    mse: dict[str, list[float]] = {r: [] for r in routes}
+    cos: dict[str, list[float]] = {r: [] for r in routes}
     t0 = time.perf_counter()
     for step in range(steps):
-        route = teacher.routes[step % len(teacher.routes)]
-        samples = task_samples(cfg, DECODER_TASKS[route], 10_000 + step // len(teacher.routes), seed)
+        route = routes[step % len(routes)]
+        samples = task_samples(cfg, DECODER_TASKS[route], 10_000 + step // len(routes), seed)
         with torch.set_grad_enabled(train_llm):
             out = model(**model_inputs(collate(pipe.processor, samples).inputs))
-        links = out.link_states[route]
-        mapped = system.project(route, links.states)  # (N, Q, C)
-        target = teacher.targets(route, link_texts(samples, route, links.index)).to(mapped)
+        mapped, target = fit(route, samples, out.link_states[route])
         loss = F.mse_loss(mapped, target)
         total = loss + lm_weight * out.loss if train_llm else loss
         if train_llm and replay_weight > 0:
@@ -297,14 +339,13 @@ def align_links(pipe: Any, teacher: Teacher, steps: int, lr: float = 1e-3, seed:
             cos[route].append(float(F.cosine_similarity(mapped.mean(1), target.mean(1), dim=-1).mean()))
         if log and (step + 1) % 100 == 0:
             parts = " ".join(f"{r} mse {np.mean(mse[r][-50:]):.4f} cos {np.mean(cos[r][-50:]):.3f}"
-                             for r in teacher.routes if mse[r])
-            log(f"align step {step + 1} {parts} ({time.perf_counter() - t0:.0f}s)")
+                             for r in routes if mse[r])
+            log(f"{tag} step {step + 1} {parts} ({time.perf_counter() - t0:.0f}s)")
     system.eval()
     return AlignResult(steps, round(time.perf_counter() - t0, 1), mse,
                        {r: round(float(np.mean(v[-100:])), 4) for r, v in cos.items() if v})
 
 
-# ---- anchoring to a reference model --------------------------------------------------------------------
 def install_heads(system: SuperLinkSystem, reference: SuperLinkSystem, routes: Sequence[str]) -> list[str]:
     """Copy the reference's decoders and the routes' projectors into `system`; returns the decoder names."""
     names = sorted({reference.binding(r).decoder for r in routes})

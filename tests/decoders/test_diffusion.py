@@ -339,6 +339,42 @@ def test_prediction_targets_and_zero_terminal_snr(prediction, gen_cfg):
     assert [p.image.shape for p in out.predictions] == [(16, 16, 3)] * 2
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weighting_caps_each_timestep_as_an_x0_loss(prediction, gen_cfg):
+    from decoders.diffusion import min_snr_weights
+
+    cfg = gen_cfg.model_copy(update={"latent": False, "image_size": 16, "prediction_type": prediction})
+    sched = GenerationDecoder(cfg).train_scheduler
+    t = torch.tensor([0, 100, 400, 900])
+    alphas = sched.alphas_cumprod[t].double()
+    snr = alphas / (1 - alphas)
+    # as an x0 loss: epsilon MSE = x0 MSE * SNR, v MSE = x0 MSE * (SNR + 1), so these weights make it min(SNR, 5)
+    to_x0 = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction]
+    got = min_snr_weights(sched, t, 5.0).double() * to_x0
+    assert torch.allclose(got, snr.clamp(max=5.0), rtol=1e-4)
+    assert got[0] == pytest.approx(5.0, rel=1e-4) and got[-1] < 5.0  # clean steps capped, noisy ones kept
+
+
+def test_min_snr_loss_is_the_weighted_mean_of_the_per_item_losses(gen_cfg):
+    from decoders.diffusion import min_snr_weights
+
+    cfg = gen_cfg.model_copy(update={"latent": False, "image_size": 16, "prediction_type": "v_prediction"})
+    plain, weighted = GenerationDecoder(cfg), GenerationDecoder(cfg.model_copy(update={"loss_weighting": "min_snr"}))
+    weighted.load_state_dict(plain.state_dict())
+    x0, cond = torch.rand(3, 3, 16, 16) * 2 - 1, torch.randn(3, 4, cfg.cross_attention_dim)
+    batched = weighted._noise_loss(x0, cond, None, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the loss draws its noise, then its timesteps, from this generator
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, cfg.num_train_timesteps, (3,), generator=g)
+    sched = plain.train_scheduler
+    with torch.no_grad():
+        pred = plain.unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        per = (pred - sched.get_velocity(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+    assert float(batched) == pytest.approx(float((per * min_snr_weights(sched, t, 5.0)).mean()), rel=1e-5)
+    assert float(plain._noise_loss(x0, cond, None, torch.Generator().manual_seed(7))) == pytest.approx(
+        float(per.mean()), rel=1e-5)  # uniform: the plain mean
+
+
 # ---- bad inputs ------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from evaluation.metrics import (
     grounding_acc50,
     iou_xyxy,
     normalize_answer,
+    object_f1,
     routing_accuracy,
     vqa_accuracy,
 )
@@ -114,6 +115,20 @@ def test_generation_accuracy() -> None:
     missing = [images[0][:1], images[1]]
     for bad in (wrong_colour, extra, missing):
         assert generation_accuracy(bad, expected, reader=_fake_reader) == 0.5
+
+
+def test_object_f1_gives_partial_credit_where_generation_accuracy_gives_none() -> None:
+    expected = [[{"kind": "circle", "color": "red"}, {"kind": "star", "color": "blue"}, {"kind": "star", "color": "blue"}]]
+    two_of_three = [[Obj("circle", "red"), Obj("star", "blue")]]
+    assert generation_accuracy(two_of_three, expected, reader=_fake_reader) == 0.0
+    assert object_f1(two_of_three, expected, reader=_fake_reader) == 2 * 2 / 5  # multisets: one star is missing
+    wrong_kind = [[Obj("square", "red"), Obj("star", "blue"), Obj("star", "blue")]]
+    assert object_f1(wrong_kind, expected, reader=_fake_reader) == 2 * 2 / 6
+    assert object_f1(wrong_kind, expected, reader=_fake_reader, key="color") == 1.0  # the colours are all right
+    assert object_f1(wrong_kind, expected, reader=_fake_reader, key="kind") == 2 * 2 / 6
+    assert object_f1([[]], expected, reader=_fake_reader) == 0.0
+    with pytest.raises(ValueError, match="unknown key 'size'.*object, color, kind"):
+        object_f1(wrong_kind, expected, reader=_fake_reader, key="size")
 
 
 def test_editing_accuracy_against_target_images_and_expected_lists() -> None:

@@ -97,6 +97,11 @@ def test_generation_and_editing_are_read_by_the_oracle():
     ok = _response(images=[GeneratedImage(route="GEN", png_base64=_png(target), width=128, height=128)])
     assert suite.score_generation([suite.Scored("generation", gen, ok)]) == 1.0
     assert suite.score_generation([suite.Scored("generation", gen, _response())]) == 0.0
+    assert suite.score_generation_f1([suite.Scored("generation", gen, ok)], "object") == 1.0
+    assert suite.score_generation_f1([suite.Scored("generation", gen, _response())], "color") == 0.0
+    blank = np.full_like(target, 240)  # background only: nothing the prompt asked for
+    empty = _response(images=[GeneratedImage(route="GEN", png_base64=_png(blank), width=128, height=128)])
+    assert suite.score_generation_f1([suite.Scored("generation", gen, empty)], "object") == 0.0
     edits = _family("editing", 6)
     right = [suite.Scored("editing", e, _response(images=[GeneratedImage(
         route="EDIT", png_base64=_png(e.targets[0].image), width=128, height=128)])) for e in edits]

@@ -153,3 +153,24 @@ def test_bench_prints_specialist_generalist_and_ratio(tmp_path, capsys, no_mllm)
         bench.main(args[:5] + ["22"] + args[6:])
     with pytest.raises(SystemExit):
         bench.parse_args(["--only", "DET,ocr"])
+    with pytest.raises(SystemExit, match="--set: .*unknown key 'widths'"):
+        bench.main(["--config", "tiny", "--steps", "1", "--only", "GEN", "--no-generalist",
+                    "--set", "decoders.generator.widths=[8]"])
+
+
+def test_bench_overrides_reach_the_specialist(monkeypatch, capsys, no_mllm):
+    """--set and --decoder-lr change the config and the rate the specialist trains with."""
+    seen = {}
+    real = bench.train_specialist
+
+    def spy(cfg, name, **kw):
+        seen.update(cfg=cfg, kw=kw)
+        return real(cfg, name, **kw)
+
+    monkeypatch.setattr(bench, "train_specialist", spy)
+    out = bench.main(["--config", "tiny", "--steps", "1", "--n", "24", "--only", "GEN", "--no-generalist",
+                      "--set", "decoders.generator.loss_weighting=min_snr", "--decoder-lr", "1e-3"])
+    capsys.readouterr()
+    assert seen["cfg"].decoders.generator.loss_weighting == "min_snr" and seen["kw"]["lr"] == 1e-3
+    assert out["overrides"] == ["decoders.generator.loss_weighting=min_snr"] and out["decoder_lr"] == 1e-3
+    assert 0.0 <= out["specialist.gen_object_f1"] <= 1.0 and 0.0 <= out["specialist.gen_color_f1"] <= 1.0

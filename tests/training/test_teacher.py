@@ -15,6 +15,7 @@ import torch
 from router.pipeline import Pipeline
 from training.teacher import (
     Teacher,
+    align_image_links,
     align_links,
     anchor_links,
     build_teacher,
@@ -240,4 +241,36 @@ def test_bench_anchor_exports_a_loadable_model(tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["routes"] == ["SEG"] and -1.0 <= out["anchor"]["cosine"]["SEG"] <= 1.0
     assert out["SEG"]["forced"]["phrase_acc"] == 1.0
+    Pipeline.from_pretrained(tmp_path / "m").close()
+
+
+def test_image_link_alignment_fits_projectors_and_mappers_to_the_text_encoder_and_leaves_the_unets():
+    pipe = Pipeline.from_pretrained("tiny")
+    try:
+        system = pipe.system
+        gen = system.decoder_for("GEN")
+        llm = {k: v.clone() for k, v in system.model.state_dict().items()}
+        unet = {k: v.clone() for k, v in gen.unet.state_dict().items()}
+        mapper = {k: v.clone() for k, v in gen.mapper.state_dict().items()}
+        out = align_image_links(pipe, ("GEN",), steps=40, lr=1e-2, warmup=1)
+        assert all(torch.equal(v, system.model.state_dict()[k]) for k, v in llm.items())  # frozen LLM by default
+        assert all(torch.equal(v, gen.unet.state_dict()[k]) for k, v in unet.items())  # the UNet is not touched
+        assert any(not torch.equal(v, gen.mapper.state_dict()[k]) for k, v in mapper.items())
+        mse = out.mse["GEN"]
+        assert len(mse) == 40 and np.mean(mse[-10:]) < 0.9 * np.mean(mse[:5]), mse
+        with pytest.raises(ValueError, match="not deployed image routes; accepted: GEN, EDIT"):
+            align_image_links(pipe, ("DET",), steps=1)
+    finally:
+        pipe.close()
+
+
+def test_bench_align_images_reports_and_exports(tmp_path):
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "bench/aligned_links.py", "align-images", "--model", "tiny", "--routes",
+                           "edit", "--steps", "2", "--scenes", "0", "--export", str(tmp_path / "m"), "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["routes"] == ["EDIT"] and -1.0 <= out["align"]["cosine"]["EDIT"] <= 1.0
+    assert out["align"]["mse_last100"]["EDIT"] > 0.0
     Pipeline.from_pretrained(tmp_path / "m").close()
